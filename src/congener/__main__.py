@@ -1,0 +1,5 @@
+import sys
+
+from congener.cli import main
+
+sys.exit(main())

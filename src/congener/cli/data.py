@@ -1,0 +1,3 @@
+"""CLI commands: data."""
+
+from congener.cli import cli  # noqa: F401

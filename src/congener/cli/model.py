@@ -1,0 +1,3 @@
+"""CLI commands: model."""
+
+from congener.cli import cli  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands: study."""
+
+from congener.cli import cli  # noqa: F401

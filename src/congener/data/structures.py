@@ -1,0 +1,147 @@
+"""One in-memory representation of a labelled structure: `ase.Atoms`.
+
+Labels travel as an ASE `SinglePointCalculator` (energy in eV, forces in eV/Å, stress in
+eV/Å³ in ASE's sign convention: positive = tensile, Voigt order xx yy zz yz xz xy), so that
+extended XYZ round-trips them with `ase.io`. Metadata lives in `atoms.info`:
+`temperature` (K, when known), `group` (AIMD-NVT, Elastic, Vacancy, Surface, SW-MD, ...)
+and `source` (where the structure came from).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import atomic_numbers
+
+from congener.errors import DataError
+
+META_KEYS = ("temperature", "group", "source")
+
+
+def label(
+    atoms: Atoms,
+    *,
+    energy: float,
+    forces: np.ndarray,
+    stress: np.ndarray | None = None,
+    temperature: float | None = None,
+    group: str | None = None,
+    source: str | None = None,
+) -> Atoms:
+    """Attach reference energy (eV), forces [N,3] (eV/Å), stress (eV/Å³) and metadata.
+
+    `stress` may be a 3x3 tensor or 6 Voigt components (xx yy zz yz xz xy), ASE sign.
+    Returns the same `atoms` object.
+    """
+    forces = np.asarray(forces, dtype=float)
+    if forces.shape != (len(atoms), 3):
+        raise DataError(f"forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
+    results: dict[str, object] = {"energy": float(energy), "forces": forces}
+    if stress is not None:
+        results["stress"] = _voigt(np.asarray(stress, dtype=float))
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    for key, value in (("temperature", temperature), ("group", group), ("source", source)):
+        if value is not None:
+            atoms.info[key] = float(value) if key == "temperature" else str(value)
+    return atoms
+
+
+def _voigt(stress: np.ndarray) -> np.ndarray:
+    if stress.shape == (3, 3):
+        return stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    if stress.shape == (6,):
+        return stress
+    raise DataError(f"stress has shape {stress.shape}, expected (3, 3) or (6,)")
+
+
+def energy_of(atoms: Atoms) -> float:
+    """Reference total energy in eV; `DataError` if the structure carries none."""
+    return float(_result(atoms, "energy"))
+
+
+def forces_of(atoms: Atoms) -> np.ndarray:
+    """Reference forces [N,3] in eV/Å; `DataError` if the structure carries none."""
+    return np.asarray(_result(atoms, "forces"), dtype=float)
+
+
+def stress_of(atoms: Atoms) -> np.ndarray | None:
+    """Reference stress as a 3x3 tensor in eV/Å³ (ASE sign), or None if absent."""
+    calc = atoms.calc
+    if calc is None or "stress" not in getattr(calc, "results", {}):
+        return None
+    v = np.asarray(calc.results["stress"], dtype=float)
+    if v.shape == (3, 3):
+        return v
+    xx, yy, zz, yz, xz, xy = v
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def _result(atoms: Atoms, key: str) -> object:
+    calc = atoms.calc
+    if calc is None or key not in getattr(calc, "results", {}):
+        raise DataError(f"structure {atoms.get_chemical_formula()} carries no reference {key}")
+    return calc.results[key]
+
+
+def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
+    """Raise `DataError` naming the first structure with missing or non-finite labels."""
+    for k, atoms in enumerate(structures):
+        e = energy_of(atoms)
+        f = forces_of(atoms)
+        if not np.isfinite(e):
+            raise DataError(f"{where}: structure {k} has a non-finite energy ({e})")
+        if not np.all(np.isfinite(f)):
+            bad = int(np.argwhere(~np.isfinite(f))[0, 0])
+            raise DataError(f"{where}: structure {k} has a non-finite force on atom {bad}")
+        if not np.all(np.isfinite(atoms.positions)):
+            raise DataError(f"{where}: structure {k} has non-finite positions")
+        if atoms.cell.rank == 3 and abs(atoms.cell.volume) < 1e-6:
+            raise DataError(f"{where}: structure {k} has a degenerate cell")
+
+
+def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
+    """Read labelled structures (extended XYZ or any format ASE reads) and validate them."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such file: {path}")
+    try:
+        structures = ase.io.read(path, index=index)
+    except Exception as exc:  # ASE raises many types for malformed files
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(structures, Atoms):
+        structures = [structures]
+    if not structures:
+        raise DataError(f"{path} holds no structures")
+    validate(structures, where=str(path))
+    return list(structures)
+
+
+def write_structures(path: str | Path, structures: Iterable[Atoms]) -> Path:
+    """Write structures with labels and metadata to extended XYZ (atomic via a temp file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    ase.io.write(tmp, list(structures), format="extxyz")
+    tmp.replace(path)
+    return path
+
+
+def elements_of(structures: Iterable[Atoms]) -> list[str]:
+    """Sorted chemical symbols present in the structures (by atomic number)."""
+    zs = sorted({int(z) for a in structures for z in a.numbers})
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[z] for z in zs]
+
+
+def atomic_number(symbol: str) -> int:
+    """Atomic number of a chemical symbol; `DataError` for an unknown one."""
+    z = atomic_numbers.get(symbol)
+    if z is None or z == 0:
+        raise DataError(f"unknown element {symbol!r}")
+    return z
