@@ -8,6 +8,7 @@ Everything is read at full double precision through the library interface.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -196,7 +197,5 @@ class LammpsSWCalculator(Calculator):
             self._lmp = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # interpreter shutdown
-            pass
