@@ -1,0 +1,113 @@
+"""The Potential contract: `Graph` -> `Prediction` (energy, forces, stress).
+
+A `Potential` wraps any module that maps (graph, positions, cell) to per-atom energies and
+adds per-element reference energies. Forces and stress come from one autograd call, written
+once here: forces = -dE/dx, stress = (1/V) dE/d(strain) (ASE sign: positive = tensile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+from torch import Tensor, nn
+
+from congener.errors import DataError
+from congener.graph import Graph
+from congener.models.dimenet import MAX_Z
+
+
+@dataclass
+class Prediction:
+    """Output of a potential for a batch of B structures with N atoms.
+
+    energy [B] eV (float64: reference energies of ~-300 eV per cell need it),
+    forces [N,3] eV/Å, stress [B,3,3] eV/Å³ (ASE sign) or None.
+    """
+
+    energy: Tensor
+    forces: Tensor
+    stress: Tensor | None = None
+
+
+class Potential(nn.Module):
+    """Energy model with an element table and per-element reference energies.
+
+    `network(graph, positions, cell) -> [N]` gives atomic energies; the total energy is their
+    sum per structure plus sum_atoms energy_refs[Z] (eV, float64 buffer).
+    """
+
+    def __init__(self, network: nn.Module, elements: Sequence[str]) -> None:
+        super().__init__()
+        self.network = network
+        self.elements: list[str] = sorted(set(elements), key=lambda s: atomic_numbers[s])
+        allowed = torch.zeros(MAX_Z + 1, dtype=torch.bool)
+        for symbol in self.elements:
+            if atomic_numbers.get(symbol, MAX_Z + 1) > MAX_Z:
+                raise DataError(f"element {symbol!r} is not supported (Z must be 1..{MAX_Z})")
+            allowed[atomic_numbers[symbol]] = True
+        self.register_buffer("allowed", allowed, persistent=False)
+        self.register_buffer("energy_refs", torch.zeros(MAX_Z + 1, dtype=torch.float64))
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.network.cutoff)
+
+    def check_species(self, species: Tensor) -> None:
+        """Raise `DataError` if `species` holds an element the model was not trained on."""
+        if species.numel() and (species.max() > MAX_Z or not bool(self.allowed[species].all())):
+            bad = sorted({chemical_symbols[int(z)] for z in species.unique().tolist()
+                          if z > MAX_Z or not self.allowed[z]})
+            raise DataError(f"model knows {', '.join(self.elements)}; structure contains "
+                            f"{', '.join(bad)}")
+
+    def reference_energy(self, graph: Graph) -> Tensor:
+        """Sum of reference energies per structure [B] (float64, eV)."""
+        refs = self.energy_refs.index_select(0, graph.species).to(torch.float64)
+        return torch.zeros(graph.n_structures, dtype=torch.float64,
+                           device=refs.device).index_add_(0, graph.batch, refs)
+
+    def forward(self, graph: Graph, *, stress: bool = False, create_graph: bool = False
+                ) -> Prediction:
+        """Energy [B], forces [N,3] and optionally stress [B,3,3] of a batched graph.
+
+        `create_graph=True` keeps the autograd graph (training on energies, forces, stress);
+        otherwise the outputs are detached.
+        """
+        self.check_species(graph.species)
+        positions = graph.positions
+        cell = graph.cell
+        inputs = [positions.detach().requires_grad_(True)]
+        if stress:
+            strain = torch.zeros_like(cell, requires_grad=True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            pos = inputs[0] + torch.bmm(inputs[0].unsqueeze(1),
+                                        sym.index_select(0, graph.batch)).squeeze(1)
+            cell = cell + torch.bmm(cell, sym)
+            inputs.append(strain)
+        else:
+            pos = inputs[0]
+        with torch.enable_grad():
+            atomic = self.network(graph, pos, cell)
+            e_net = torch.zeros(graph.n_structures, dtype=atomic.dtype,
+                                device=atomic.device).index_add_(0, graph.batch, atomic)
+            grads = torch.autograd.grad(e_net.sum(), inputs, create_graph=create_graph)
+        if not create_graph:
+            e_net = e_net.detach()
+        energy = e_net.to(torch.float64) + self.reference_energy(graph)
+        out = Prediction(energy=energy, forces=-grads[0])
+        if stress:
+            volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
+            out.stress = grads[1] / volume[:, None, None]
+        return out
+
+    def set_energy_refs(self, refs: dict[str, float]) -> None:
+        """Set per-element reference energies (eV/atom)."""
+        for symbol, value in refs.items():
+            self.energy_refs[atomic_numbers[symbol]] = float(value)
+
+    def get_energy_refs(self) -> dict[str, float]:
+        """Per-element reference energies (eV/atom) of the model's elements."""
+        return {s: float(self.energy_refs[atomic_numbers[s]]) for s in self.elements}

@@ -1,0 +1,126 @@
+"""Physics checks shared by the tests of every potential (and usable on user models).
+
+Each helper raises `AssertionError` with the worst deviation when a check fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from congener.graph import build_graph
+from congener.models.potential import Potential, Prediction
+
+
+def predict(pot: Potential, atoms: Atoms | Sequence[Atoms], *, stress: bool = False,
+            dtype: torch.dtype = torch.float64) -> Prediction:
+    """Run `pot` on one or several structures (graph built at the potential's cutoff)."""
+    graph = build_graph(atoms, pot.cutoff).to(dtype=dtype)
+    return pot(graph, stress=stress)
+
+
+def energy(pot: Potential, atoms: Atoms, dtype: torch.dtype = torch.float64) -> float:
+    """Total energy (eV) of one structure."""
+    return float(predict(pot, atoms, dtype=dtype).energy[0].detach())
+
+
+def assert_forces_match_fd(pot: Potential, atoms: Atoms, *, h: float = 1e-4,
+                           rtol: float = 1e-6, atol: float = 1e-8, n_checks: int = 6,
+                           seed: int = 0) -> None:
+    """Forces equal minus the central finite-difference gradient of the energy (float64)."""
+    forces = predict(pot, atoms).forces.detach().numpy()
+    rng = np.random.default_rng(seed)
+    for idx in rng.choice(len(atoms) * 3, size=min(n_checks, len(atoms) * 3), replace=False):
+        a, d = divmod(int(idx), 3)
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[a, d] += h
+        minus.positions[a, d] -= h
+        fd = -(energy(pot, plus) - energy(pot, minus)) / (2 * h)
+        tol = atol + rtol * max(abs(fd), float(np.abs(forces).max()))
+        assert abs(fd - forces[a, d]) <= tol, (
+            f"force on atom {a}, axis {d}: autograd {forces[a, d]:.10g}, FD {fd:.10g}")
+
+
+def assert_stress_match_fd(pot: Potential, atoms: Atoms, *, h: float = 1e-5,
+                           rtol: float = 1e-6, atol: float = 1e-9) -> None:
+    """Stress equals the finite-difference derivative of E w.r.t. symmetric strain / volume."""
+    stress = predict(pot, atoms, stress=True).stress[0].detach().numpy()
+    volume = atoms.get_volume()
+    for a, b in [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]:
+        eps = np.zeros((3, 3))
+        eps[a, b] = eps[b, a] = h if a == b else h / 2
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+        minus.set_cell(atoms.cell.array @ (np.eye(3) - eps), scale_atoms=True)
+        fd = (energy(pot, plus) - energy(pot, minus)) / (2 * h) / volume
+        tol = atol + rtol * float(np.abs(stress).max())
+        assert abs(fd - stress[a, b]) <= tol, (
+            f"stress[{a},{b}]: autograd {stress[a, b]:.10g}, FD {fd:.10g}")
+
+
+def _rotation(seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def transformed(atoms: Atoms, op: str, seed: int = 0) -> tuple[Atoms, np.ndarray, np.ndarray]:
+    """Apply a symmetry operation; return (new atoms, rotation R, permutation p).
+
+    Forces transform as F_new[k] = F_old[p[k]] @ R.T.
+    """
+    rng = np.random.default_rng(seed)
+    new = atoms.copy()
+    rot, perm = np.eye(3), np.arange(len(atoms))
+    if op == "rotate":
+        rot = _rotation(seed)
+        new.set_cell(atoms.cell.array @ rot.T)
+        new.positions = atoms.positions @ rot.T
+    elif op == "translate":
+        new.positions = atoms.positions + rng.normal(size=3) * 3.0
+    elif op == "wrap":
+        shift = rng.integers(-2, 3, size=(len(atoms), 3)) if atoms.pbc.all() else 0
+        new.positions = atoms.positions + shift @ atoms.cell.array
+    elif op == "permute":
+        perm = rng.permutation(len(atoms))
+        new = atoms[perm]
+    else:
+        raise ValueError(f"unknown operation {op!r}")
+    return new, rot, perm
+
+
+def assert_invariant(pot: Potential, atoms: Atoms, *,
+                     ops: Sequence[str] = ("rotate", "translate", "wrap", "permute"),
+                     dtype: torch.dtype = torch.float64, rtol: float = 1e-9,
+                     atol: float = 1e-9) -> None:
+    """Energy is invariant and forces equivariant under rotation, translation, wrap, permute."""
+    ref = predict(pot, atoms, dtype=dtype)
+    e0, f0 = float(ref.energy[0]), ref.forces.detach().double().numpy()
+    for op in ops:
+        new, rot, perm = transformed(atoms, op)
+        out = predict(pot, new, dtype=dtype)
+        e1, f1 = float(out.energy[0]), out.forces.detach().double().numpy()
+        assert abs(e1 - e0) <= atol * len(atoms) + rtol * abs(e0), (
+            f"{op}: energy {e1:.12g} != {e0:.12g}")
+        expected = f0[perm] @ rot.T
+        err = float(np.abs(f1 - expected).max())
+        assert err <= atol + rtol * float(np.abs(f0).max()) * 1e3, f"{op}: forces differ by {err}"
+
+
+def assert_batch_consistent(pot: Potential, structures: Sequence[Atoms], *,
+                            dtype: torch.dtype = torch.float64, atol: float = 1e-9) -> None:
+    """A batched evaluation equals the structures evaluated one by one."""
+    batched = predict(pot, structures, stress=True, dtype=dtype)
+    start = 0
+    for k, atoms in enumerate(structures):
+        single = predict(pot, atoms, stress=True, dtype=dtype)
+        n = len(atoms)
+        de = abs(float(batched.energy[k] - single.energy[0]))
+        df = float((batched.forces[start:start + n] - single.forces).abs().max())
+        ds = float((batched.stress[k] - single.stress[0]).abs().max())
+        assert max(de, df, ds) <= atol * max(1.0, abs(float(single.energy[0]))), (
+            f"structure {k}: batch differs from single (energy {de}, forces {df}, stress {ds})")
+        start += n

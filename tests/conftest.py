@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny structures built in the tests, small random DimeNet++ potentials."""
+
+from __future__ import annotations
+
+import ase.build
+import numpy as np
+import pytest
+import torch
+
+from congener.models.dimenet import DimeNetConfig, DimeNetPP
+from congener.models.potential import Potential
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+def small_potential(elements=("Si",), cutoff: float = 4.0, seed: int = 0,
+                    dtype: torch.dtype = torch.float64) -> Potential:
+    """A small random DimeNet++ with non-zero output weights (the default init is zero)."""
+    torch.manual_seed(seed)
+    cfg = DimeNetConfig(cutoff=cutoff, hidden=16, out_emb=16, int_emb=8, basis_emb=2,
+                        num_blocks=2, num_spherical=4, num_radial=4)
+    net = DimeNetPP(cfg)
+    for out in net.outputs:
+        torch.nn.init.normal_(out.lin.weight, std=0.3)
+    pot = Potential(net, list(elements)).to(dtype)
+    pot.set_energy_refs({e: -4.0 - 0.1 * k for k, e in enumerate(pot.elements)})
+    return pot
+
+
+def rattled_diamond(symbol: str = "Si", a: float = 5.43, reps=(1, 1, 1), amount: float = 0.08,
+                    seed: int = 0, shear: float = 0.15):
+    """A rattled, slightly sheared (triclinic) diamond cell."""
+    atoms = ase.build.bulk(symbol, "diamond", a=a, cubic=True) * reps
+    cell = atoms.cell.array.copy()
+    cell[1] += shear * cell[0] / np.linalg.norm(cell[0])
+    atoms.set_cell(cell, scale_atoms=True)
+    atoms.rattle(amount, seed=seed)
+    return atoms
+
+
+@pytest.fixture
+def potential():
+    return small_potential()

@@ -1,0 +1,93 @@
+"""Neighbour lists and triplets against brute-force enumeration, including multiple images."""
+
+from __future__ import annotations
+
+import itertools
+
+import ase.build
+import numpy as np
+import pytest
+
+from congener.graph import build_graph, neighbour_list, triplets
+from tests.conftest import rattled_diamond
+
+
+def brute_edges(atoms, cutoff):
+    """All (i, j, S) with |x_j + S@cell - x_i| < cutoff and not (i == j and S == 0)."""
+    cell = atoms.cell.array
+    reach = [int(np.ceil(cutoff / (atoms.get_volume() / np.linalg.norm(
+        np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))))) + 1 for k in range(3)]
+    out = set()
+    for s in itertools.product(*[range(-r, r + 1) for r in reach]):
+        shift = np.array(s) @ cell
+        for i, j in itertools.product(range(len(atoms)), repeat=2):
+            if i == j and not any(s):
+                continue
+            if np.linalg.norm(atoms.positions[j] + shift - atoms.positions[i]) < cutoff:
+                out.add((i, j, *s))
+    return out
+
+
+@pytest.mark.parametrize("cutoff", [3.0, 5.0, 7.5])
+def test_edges_match_brute_force_small_cell(cutoff):
+    # primitive 2-atom cell (edge 3.84 Å) with cutoff up to ~2x its length: many images
+    atoms = ase.build.bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=3)
+    ei, s = neighbour_list(atoms, cutoff)
+    got = {(int(i), int(j), *map(int, sh)) for i, j, sh in zip(ei[0], ei[1], s, strict=True)}
+    assert got == brute_edges(atoms, cutoff)
+    if cutoff > 4:
+        assert any(i == j for i, j, *_ in got), "self-images must appear for a short cell"
+
+
+def brute_triplets(edge_index, shifts):
+    out = []
+    edges = list(zip(edge_index[0], edge_index[1], map(tuple, shifts), strict=True))
+    for a, (i, j, s_ji) in enumerate(edges):
+        for b, (j2, k, s_kj) in enumerate(edges):
+            if j2 != j:
+                continue
+            if k == i and all(x + y == 0 for x, y in zip(s_kj, s_ji, strict=True)):
+                continue  # k is i itself (same atom and image)
+            out.append((b, a))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("cutoff", [4.0, 6.0])
+def test_triplets_match_brute_force(cutoff):
+    atoms = ase.build.bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=4)
+    ei, s = neighbour_list(atoms, cutoff)
+    kj, ji = triplets(ei, s, len(atoms))
+    assert sorted(zip(kj.tolist(), ji.tolist(), strict=True)) == brute_triplets(ei, s)
+    # with several images of one atom, k == i (other image) must be kept
+    keep_same_atom = [(b, a) for b, a in zip(kj, ji, strict=True) if ei[1, b] == ei[0, a]]
+    assert keep_same_atom
+
+
+def test_counts_64_atom_diamond_5A():
+    atoms = ase.build.bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
+    g = build_graph(atoms, 5.0)
+    assert g.edge_index.shape[1] == 1792
+    assert g.triplet_kj.shape[0] == 48384
+
+
+def test_batch_offsets_and_vectors():
+    a = rattled_diamond("Si", seed=1)
+    b = ase.build.bulk("Ge", "diamond", a=5.65)
+    g = build_graph([a, b], 4.0)
+    ga, gb = build_graph(a, 4.0), build_graph(b, 4.0)
+    assert g.n_atoms.tolist() == [8, 2]
+    assert g.edge_index.shape[1] == ga.edge_index.shape[1] + gb.edge_index.shape[1]
+    np.testing.assert_allclose(g.edge_vectors().norm(dim=1).max(), 4.0, atol=0.5)
+    assert (g.edge_vectors().norm(dim=1) < 4.0).all()
+    # edges of the second structure point into its own atoms
+    ne = ga.edge_index.shape[1]
+    assert (g.edge_index[:, ne:] >= 8).all()
+    assert (g.triplet_kj[ga.triplet_kj.shape[0]:] >= ne).all()
+
+
+def test_graph_shape_check_names_field():
+    g = build_graph(rattled_diamond(), 4.0)
+    with pytest.raises(ValueError, match="cell_shifts"):
+        type(g)(**{**g.__dict__, "cell_shifts": g.cell_shifts[:-1]})
