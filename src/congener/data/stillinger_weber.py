@@ -130,6 +130,7 @@ def resolve_params_path(element: str, params_path: str | Path | None = None) -> 
 def load_sw_params(element: str, params_path: str | Path | None = None) -> SWParams:
     """The single-element entry (element, element, element) from `params_path` or the shipped
     file; `DataError` if the file lacks it."""
+    atomic_number(element)
     path = resolve_params_path(element, params_path)
     entries = read_sw(path)
     key = (element, element, element)
