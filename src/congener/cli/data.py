@@ -29,7 +29,7 @@ def _default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-@data.command("sw")
+@data.command("sw", short_help="Stillinger-Weber MD data through LAMMPS.")
 @click.option("--element", required=True, help="Chemical symbol, e.g. Si or Ge.")
 @click.option("--preset", type=click.Choice(["quick", "paper"]), default="quick",
               show_default=True, help="quick: 8 temperatures, ~10 s; paper: 34 temperatures, "
@@ -80,7 +80,7 @@ def sw_command(element: str, preset: str, output: str, params_path: str | None,
                f"temperatures) to {out}")
 
 
-@data.command("mlearn")
+@data.command("mlearn", short_help="Convert mlearn DFT JSON to extended XYZ.")
 @click.argument("path")
 @click.option("-o", "--output", required=True, help="Extended-XYZ file to write.")
 @click.option("--split", "split", type=click.Choice(["train", "test", "both"]), default="both",
@@ -110,7 +110,7 @@ def mlearn_command(path: str, output: str, split: str, no_surfaces: bool) -> Non
         click.echo(f"wrote {len(structures)} structures to {target}")
 
 
-@data.command("info")
+@data.command("info", short_help="Summarize structure files.")
 @click.argument("files", nargs=-1, required=True)
 def info_command(files: tuple[str, ...]) -> None:
     """Counts by group and temperature, sizes, elements, energy and force ranges."""
@@ -137,7 +137,7 @@ def _size(text: str | None, name: str) -> int | float | None:
         raise ConfigError(f"--{name} must be a count or a fraction (got {text!r})") from exc
 
 
-@data.command("split")
+@data.command("split", short_help="Split a structure file into train/val/test.")
 @click.argument("file")
 @click.option("--train", default=None, help="Count or fraction [default: all the rest].")
 @click.option("--val", default="0", show_default=True, help="Count or fraction.")
