@@ -1,0 +1,84 @@
+"""Checkpoint files: one `.pt` holding everything needed to rebuild a Potential.
+
+Contents: format tag, congener version, model kind and configuration, elements, energy
+references, weights and free-form metadata (training data hash, source run, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from congener import __version__
+from congener.errors import CheckpointError, ConfigError
+from congener.models.dimenet import DimeNetConfig, DimeNetPP
+from congener.models.potential import Potential
+
+FORMAT = "congener-potential/1"
+
+
+def build_potential(elements: list[str], config: DimeNetConfig | None = None) -> Potential:
+    """A freshly initialised DimeNet++ potential for `elements`."""
+    return Potential(DimeNetPP(config or DimeNetConfig()), elements)
+
+
+def save_potential(path: str | Path, potential: Potential, metadata: dict[str, Any] | None = None
+                   ) -> Path:
+    """Write `potential` (weights, config, elements, refs, metadata) atomically to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "congener_version": __version__,
+        "model": "dimenet++",
+        "config": asdict(potential.network.cfg),
+        "elements": list(potential.elements),
+        "energy_refs": potential.get_energy_refs(),
+        "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary; `CheckpointError` for a missing or corrupted file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable congener checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a congener potential (format {got!r}, "
+                              f"expected {FORMAT!r})")
+    return payload
+
+
+def load_potential(path: str | Path, *, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> Potential:
+    """Rebuild the Potential stored in `path`; clear `CheckpointError` on any mismatch."""
+    payload = read_checkpoint(path)
+    try:
+        config = DimeNetConfig(**payload["config"])
+        potential = build_potential(payload["elements"], config)
+        potential.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"{path} does not fit congener {__version__}: "
+                              f"{str(exc).splitlines()[0][:200]}") from exc
+    potential.metadata = dict(payload.get("metadata", {}))
+    return potential.to(device=device, dtype=dtype).eval()
+
+
+def file_hash(path: str | Path) -> str:
+    """Short SHA-256 of a file's bytes (identifies training data in checkpoints)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -1,0 +1,75 @@
+"""Training configuration, validated once at the boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from congener.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Losses: the paper's force matching (Eq. 1) unless energy/stress weights > 0.
+
+    energy_weight multiplies the per-atom energy MSE ((eV/atom)^2), force_weight the force
+    MSE per component ((eV/Å)^2), stress_weight the stress MSE ((eV/Å³)^2 scaled to GPa^2).
+    The learning rate decays exponentially from `lr` to `lr_final` over `epochs`.
+    """
+
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_final: float = 1e-5
+    energy_weight: float = 0.0
+    force_weight: float = 1.0
+    stress_weight: float = 0.0
+    patience: int = 0  # epochs without validation improvement before stopping; 0 = never
+    grad_clip: float = 10.0  # max gradient norm; 0 = off
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "auto"
+    threads: int = 0  # 0 = all cores
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "lr", "lr_final")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("energy_weight", "force_weight", "stress_weight", "patience", "grad_clip",
+                     "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0 (got {getattr(self, name)})")
+        if self.energy_weight == 0 and self.force_weight == 0:
+            raise ConfigError("train: energy_weight and force_weight cannot both be 0")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"train.dtype must be float32 or float64 (got {self.dtype!r})")
+
+    @property
+    def force_only(self) -> bool:
+        """The paper's mode: energy constants are fitted after training."""
+        return self.energy_weight == 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], section: str = "train") -> TrainConfig:
+        """Build from a mapping, rejecting unknown keys and wrong types in one line."""
+        return from_dict(cls, values, section)
+
+
+def from_dict(cls: type, values: dict[str, Any] | None, section: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping with one-line errors for bad keys/types."""
+    values = dict(values or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key {section}.{unknown[0]} (known: {', '.join(known)})")
+    for name, value in values.items():
+        default = getattr(cls, name, None) if hasattr(cls, name) else None
+        if isinstance(default, bool) or default is None:
+            continue
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = float(value)
+        elif isinstance(default, int | float | str) and not isinstance(value, type(default)):
+            raise ConfigError(f"{section}.{name} must be {type(default).__name__} "
+                              f"(got {value!r})")
+    return cls(**values)

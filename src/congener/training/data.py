@@ -1,0 +1,62 @@
+"""Labelled structures as batched graphs plus target tensors, built once per training run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ase import Atoms
+from torch import Tensor
+
+from congener.data.structures import energy_of, forces_of, stress_of, validate
+from congener.graph import Graph, GraphCache
+
+
+@dataclass
+class Targets:
+    """Reference labels of a batch: energy [B] eV (float64), forces [N,3] eV/Å,
+    stress [B,3,3] eV/Å³ with has_stress [B] marking structures that carry one."""
+
+    energy: Tensor
+    forces: Tensor
+    stress: Tensor
+    has_stress: Tensor
+    n_atoms: Tensor
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Targets:
+        return Targets(self.energy.to(device), self.forces.to(device, dtype),
+                       self.stress.to(device, dtype), self.has_stress.to(device),
+                       self.n_atoms.to(device))
+
+
+class LabelledSet:
+    """Structures with their graphs (built once) and labels, batched on demand."""
+
+    def __init__(self, structures: Sequence[Atoms], cutoff: float, *, name: str = "data") -> None:
+        validate(structures, where=name)
+        self.structures = list(structures)
+        self.graphs = GraphCache(self.structures, cutoff)
+        self.energy = torch.tensor([energy_of(a) for a in structures], dtype=torch.float64)
+        self.forces = [torch.from_numpy(forces_of(a)) for a in structures]
+        stresses = [stress_of(a) for a in structures]
+        self.has_stress = torch.tensor([s is not None for s in stresses])
+        self.stress = torch.from_numpy(np.stack([s if s is not None else np.zeros((3, 3))
+                                                 for s in stresses]))
+        self.n_atoms = torch.tensor([len(a) for a in structures])
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    def batch(self, indices: Sequence[int]) -> tuple[Graph, Targets]:
+        idx = torch.as_tensor(list(indices))
+        targets = Targets(self.energy[idx], torch.cat([self.forces[k] for k in indices]),
+                          self.stress[idx], self.has_stress[idx], self.n_atoms[idx])
+        return self.graphs.batch(indices), targets
+
+    def batches(self, batch_size: int, order: Sequence[int] | None = None):
+        """Yield (graph, targets) over all structures in `order` (default: as stored)."""
+        order = list(range(len(self))) if order is None else list(order)
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start:start + batch_size])

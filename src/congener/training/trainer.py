@@ -1,0 +1,212 @@
+"""One training loop for scratch and transfer runs: Adam, exponential decay, best-on-validation.
+
+A run folder holds `last.pt` (everything needed to resume), `best.pt` (the best model on the
+validation set, a loadable potential), `model.pt` (the final potential, energy references
+fitted) and `history.csv`. Running `fit` again on the same folder resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from congener.errors import CheckpointError, SimulationUnstable
+from congener.models.checkpoint import save_potential
+from congener.models.potential import Potential
+from congener.runtime import resolve_device, resolve_dtype, set_threads, tune_allocator
+from congener.training.config import TrainConfig
+from congener.training.data import LabelledSet
+from congener.training.losses import loss
+from congener.training.refs import fit_energy_refs
+
+Callback = Callable[[dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: per-epoch history, the best epoch and its validation errors."""
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val: dict[str, float]
+    energy_refs: dict[str, float]
+    seconds: float
+    run_dir: Path | None = None
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def validate(potential: Potential, data: LabelledSet, cfg: TrainConfig) -> dict[str, float]:
+    """Validation loss and MAEs: energy (meV/atom) and force (eV/Å per component)."""
+    param = next(potential.parameters())
+    sums = {"loss": 0.0, "e_abs": 0.0, "f_abs": 0.0, "n_f": 0}
+    for graph, ref in data.batches(cfg.batch_size):
+        graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
+        with torch.enable_grad():
+            pred = potential(graph, stress=cfg.stress_weight > 0)
+        terms = loss(pred, ref, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight,
+                     stress_weight=cfg.stress_weight)
+        sums["loss"] += float(terms.total) * len(ref.energy)
+        sums["e_abs"] += float(((pred.energy - ref.energy) / ref.n_atoms).abs().sum())
+        sums["f_abs"] += float((pred.forces - ref.forces).abs().sum())
+        sums["n_f"] += ref.forces.numel()
+    n = len(data)
+    return {"val_loss": sums["loss"] / n, "val_energy_mae": 1000 * sums["e_abs"] / n,
+            "val_force_mae": sums["f_abs"] / max(sums["n_f"], 1)}
+
+
+def _optimizer(potential: Potential, cfg: TrainConfig, lr_scales: dict[str, float] | None
+               ) -> torch.optim.Optimizer:
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in potential.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((lr_scales or {}).get(name, 1.0), []).append(p)
+    return torch.optim.Adam([{"params": ps, "lr": cfg.lr * s, "scale": s}
+                             for s, ps in groups.items()])
+
+
+def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> float:
+    lr = cfg.lr * (cfg.lr_final / cfg.lr) ** (epoch / max(cfg.epochs - 1, 1))
+    for group in opt.param_groups:
+        group["lr"] = lr * group["scale"]
+    return lr
+
+
+def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
+                 opt: torch.optim.Optimizer, rng: np.random.Generator, epoch: int
+                 ) -> dict[str, float]:
+    param = next(potential.parameters())
+    sums, count = np.zeros(3), 0
+    for graph, ref in data.batches(cfg.batch_size, rng.permutation(len(data))):
+        graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
+        opt.zero_grad(set_to_none=True)
+        pred = potential(graph, stress=cfg.stress_weight > 0, create_graph=True)
+        terms = loss(pred, ref, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight,
+                     stress_weight=cfg.stress_weight)
+        if not torch.isfinite(terms.total):
+            raise SimulationUnstable(f"training loss became {float(terms.total.detach())} at epoch "
+                                     f"{epoch}; the last good checkpoint is kept")
+        terms.total.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(potential.parameters(), cfg.grad_clip)
+        opt.step()
+        n = len(ref.energy)
+        sums += n * np.array([float(terms.total.detach()), terms.energy_mse, terms.force_mse])
+        count += n
+    return dict(zip(("train_loss", "train_energy_mse", "train_force_mse"), sums / count,
+                    strict=True))
+
+
+def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainConfig, *,
+        run_dir: str | Path | None = None, lr_scales: dict[str, float] | None = None,
+        metadata: dict[str, Any] | None = None, callback: Callback | None = None) -> TrainResult:
+    """Train `potential` in place on `train`, selecting the best epoch on `val`.
+
+    Parameters with requires_grad=False stay untouched (frozen transfer); `lr_scales` maps
+    parameter names to learning-rate factors (soft freezing). In force-only mode the energy
+    references are fitted after training; otherwise before it. With `run_dir`, checkpoints are
+    written every epoch and an interrupted run resumes from them.
+    """
+    tune_allocator()
+    set_threads(cfg.threads or None)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    potential.to(device=device, dtype=dtype)
+    run_dir = Path(run_dir) if run_dir else None
+    if run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.force_only:
+        fit_energy_refs(potential, train)
+    opt = _optimizer(potential, cfg, lr_scales)
+    rng = np.random.default_rng(cfg.seed)
+    state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad": 0,
+             "seconds": 0.0}
+    if run_dir and (run_dir / "last.pt").exists():
+        state, rng = _resume(run_dir / "last.pt", potential, opt, cfg)
+    best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
+    if run_dir and (run_dir / "best_state.pt").exists():
+        best_state = torch.load(run_dir / "best_state.pt", weights_only=True)
+    start = time.perf_counter() - state["seconds"]
+    stopped = False
+    for epoch in range(state["epoch"], cfg.epochs):
+        potential.train()
+        lr = _set_lr(opt, cfg, epoch)
+        row = {"epoch": epoch, "lr": lr, **_train_epoch(potential, train, cfg, opt, rng, epoch)}
+        row.update(validate(potential, val, cfg))
+        row["seconds"] = time.perf_counter() - start
+        state["history"].append(row)
+        if row["val_loss"] < state["best_val"]:
+            state.update(best_val=row["val_loss"], best_epoch=epoch, bad=0)
+            best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
+            if run_dir:
+                torch.save(best_state, run_dir / "best_state.pt")
+        else:
+            state["bad"] += 1
+        state.update(epoch=epoch + 1, seconds=row["seconds"])
+        if run_dir:
+            _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata)
+        if callback:
+            callback(row)
+        if cfg.patience and state["bad"] >= cfg.patience:
+            stopped = True
+            break
+    potential.load_state_dict(best_state)
+    if cfg.force_only:
+        fit_energy_refs(potential, train)
+    best_row = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
+    result = TrainResult(state["history"], state["best_epoch"], best_row,
+                         potential.get_energy_refs(), time.perf_counter() - start, run_dir,
+                         stopped)
+    if run_dir:
+        meta = {**(metadata or {}), "train_config": asdict(cfg), "best_epoch": result.best_epoch}
+        save_potential(run_dir / "model.pt", potential, meta)
+    return result
+
+
+def _checkpoint(run_dir: Path, potential: Potential, opt: torch.optim.Optimizer,
+                cfg: TrainConfig, state: dict, rng: np.random.Generator,
+                metadata: dict[str, Any] | None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if state["bad"] == 0:
+        save_potential(run_dir / "best.pt", potential, metadata)
+    payload = {"state": state, "config": asdict(cfg), "model": potential.state_dict(),
+               "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
+    tmp = run_dir / "last.pt.tmp"
+    torch.save(payload, tmp)
+    tmp.replace(run_dir / "last.pt")
+    _write_history(run_dir / "history.csv", state["history"])
+
+
+def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: TrainConfig
+            ) -> tuple[dict, np.random.Generator]:
+    try:
+        payload = torch.load(path, weights_only=False)
+        potential.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+    except Exception as exc:
+        raise CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
+                              "delete the run folder to start over") from exc
+    if payload["config"] != asdict(cfg):
+        raise CheckpointError(f"{path} was written with another training configuration; "
+                              "use a new run folder or the same configuration")
+    rng = np.random.default_rng()
+    rng.bit_generator.state = payload["rng"]
+    return payload["state"], rng
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    if not history:
+        return
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)

@@ -1,0 +1,110 @@
+"""Trainer: lowers the force error, fits energy references, resumes, stops on NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from congener.data.lammps_sw import LammpsSWCalculator
+from congener.data.structures import label
+from congener.errors import CheckpointError, ConfigError, SimulationUnstable
+from congener.models.checkpoint import load_potential
+from congener.training.config import TrainConfig
+from congener.training.data import LabelledSet
+from congener.training.refs import fit_energy_refs
+from congener.training.trainer import fit, validate
+from tests.conftest import rattled_diamond, small_potential
+
+
+def sw_labelled(n: int, seed: int = 0, element: str = "Si", a: float = 5.43):
+    calc = LammpsSWCalculator(element)
+    out = []
+    for k in range(n):
+        atoms = rattled_diamond(element, a=a, amount=0.15, seed=seed + k, shear=0.05 * (k % 3))
+        atoms.calc = calc
+        e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        out.append(label(atoms.copy(), energy=e, forces=f, stress=s, group="rattled"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sw_sets():
+    return sw_labelled(12, seed=0), sw_labelled(4, seed=100)
+
+
+def test_training_lowers_force_error(sw_sets, tmp_path):
+    train, val = sw_sets
+    pot = small_potential(cutoff=4.0, dtype=torch.float32)
+    cfg = TrainConfig(epochs=15, batch_size=4, lr=3e-3, lr_final=1e-3, seed=1)
+    tset, vset = LabelledSet(train, 4.0), LabelledSet(val, 4.0)
+    before = validate(pot, vset, cfg)["val_force_mae"]
+    result = fit(pot, tset, vset, cfg, run_dir=tmp_path / "run")
+    after = result.best_val["val_force_mae"]
+    assert after < 0.7 * before, (before, after)
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert len(result.history) == 15
+
+
+def test_force_only_fits_energy_constant(sw_sets):
+    train, _ = sw_sets
+    data = LabelledSet(train, 4.0)
+    pot = small_potential(cutoff=4.0)
+    refs = fit_energy_refs(pot, data)
+    # with the constant fitted, the mean per-atom energy residual vanishes
+    from congener.training.refs import network_energies
+    resid = (data.energy.numpy() - network_energies(pot, data)) / data.n_atoms.numpy()
+    assert np.mean(resid - refs["Si"]) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_resume_continues_identically(sw_sets, tmp_path):
+    train, val = sw_sets
+    cfg = TrainConfig(epochs=4, batch_size=4, lr=3e-3, seed=2, dtype="float64")
+    tset, vset = LabelledSet(train, 4.0), LabelledSet(val, 4.0)
+    full = fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "a")
+    # stop after 2 epochs by raising from the callback, then resume
+    def stop(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "b", callback=stop)
+    resumed = fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "b")
+    a = [r["val_force_mae"] for r in full.history]
+    b = [r["val_force_mae"] for r in resumed.history]
+    np.testing.assert_allclose(a, b, rtol=1e-10)
+    with pytest.raises(CheckpointError, match="another training configuration"):
+        fit(small_potential(cutoff=4.0), tset, vset, TrainConfig(epochs=5, seed=2,
+                                                                 dtype="float64"),
+            run_dir=tmp_path / "b")
+
+
+def test_nan_stops_with_clear_error(sw_sets, tmp_path):
+    train, val = sw_sets
+    pot = small_potential(cutoff=4.0)
+    with torch.no_grad():
+        pot.network.outputs[1].lins[0].weight.fill_(float("nan"))
+    with pytest.raises(SimulationUnstable, match="epoch 0"):
+        fit(pot, LabelledSet(train, 4.0), LabelledSet(val, 4.0), TrainConfig(epochs=2),
+            run_dir=tmp_path / "nan")
+
+
+def test_checkpoint_roundtrip_and_corruption(sw_sets, tmp_path):
+    train, _ = sw_sets
+    pot = small_potential(cutoff=4.0, dtype=torch.float64)
+    from congener.models.checkpoint import save_potential
+    from congener.testing import predict
+    save_potential(tmp_path / "m.pt", pot, {"note": "x"})
+    back = load_potential(tmp_path / "m.pt", dtype=torch.float64)
+    np.testing.assert_allclose(predict(back, train[0]).forces.numpy(),
+                               predict(pot, train[0]).forces.numpy(), rtol=1e-12)
+    assert back.get_energy_refs() == pot.get_energy_refs()
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_potential(tmp_path / "bad.pt")
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match=r"train\.lr must be > 0"):
+        TrainConfig(lr=-0.1)
+    with pytest.raises(ConfigError, match=r"unknown key train\.epoch"):
+        TrainConfig.from_dict({"epoch": 3})
