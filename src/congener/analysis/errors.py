@@ -1,0 +1,134 @@
+"""Test errors of a potential: energy (meV/atom), force (eV/Å per component), stress (GPa),
+overall and broken down by group or temperature."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.units import GPa
+
+from congener.models.potential import Potential
+from congener.training.data import LabelledSet
+
+
+@dataclass
+class Evaluation:
+    """Per-structure and per-atom errors of one potential on one data set.
+
+    energy_error [S] eV/atom (pred - ref), force_error [N,3] eV/Å, stress_error [S,3,3] GPa
+    (NaN where a structure carries no stress), atom_structure [N] structure index per atom,
+    groups [S], temperatures [S] (NaN when unknown), e_ref/e_pred [S] eV/atom,
+    f_ref/f_pred [N,3] eV/Å (for parity plots).
+    """
+
+    energy_error: np.ndarray
+    force_error: np.ndarray
+    stress_error: np.ndarray
+    atom_structure: np.ndarray
+    groups: list[str]
+    temperatures: np.ndarray
+    e_ref: np.ndarray
+    e_pred: np.ndarray
+    f_ref: np.ndarray
+    f_pred: np.ndarray
+
+
+def evaluate(potential: Potential, structures: Sequence[Atoms] | LabelledSet, *,
+             batch_size: int = 8) -> Evaluation:
+    """Predict all structures and collect errors against their reference labels."""
+    data = structures if isinstance(structures, LabelledSet) else LabelledSet(
+        structures, potential.cutoff, name="evaluation data")
+    param = next(potential.parameters())
+    e_pred, f_pred, s_pred = [], [], []
+    for graph, _ in data.batches(batch_size):
+        graph = graph.to(param.device, param.dtype)
+        with torch.enable_grad():
+            out = potential(graph, stress=bool(graph.cell.abs().sum() > 0))
+        e_pred.append(out.energy.cpu().numpy())
+        f_pred.append(out.forces.detach().cpu().double().numpy())
+        s_pred.append(out.stress.detach().cpu().double().numpy() if out.stress is not None
+                      else np.full((len(out.energy), 3, 3), np.nan))
+    n = data.n_atoms.numpy()
+    e_ref = data.energy.numpy() / n
+    e_hat = np.concatenate(e_pred) / n
+    f_ref = torch.cat(data.forces).numpy()
+    f_hat = np.concatenate(f_pred)
+    s_err = (np.concatenate(s_pred) - data.stress.numpy()) / GPa
+    s_err[~data.has_stress.numpy()] = np.nan
+    return Evaluation(
+        energy_error=e_hat - e_ref, force_error=f_hat - f_ref, stress_error=s_err,
+        atom_structure=np.repeat(np.arange(len(n)), n),
+        groups=[str(a.info.get("group", "all")) for a in data.structures],
+        temperatures=np.array([float(a.info.get("temperature", np.nan))
+                               for a in data.structures]),
+        e_ref=e_ref, e_pred=e_hat, f_ref=f_ref, f_pred=f_hat)
+
+
+def metrics(ev: Evaluation, mask: np.ndarray | None = None) -> dict[str, float]:
+    """MAE and RMSE: energy (meV/atom), force (eV/Å per component), stress (GPa per component).
+
+    `mask` [S] selects structures.
+    """
+    mask = np.ones(len(ev.energy_error), dtype=bool) if mask is None else mask
+    de = ev.energy_error[mask] * 1000
+    df = ev.force_error[mask[ev.atom_structure]]
+    ds = ev.stress_error[mask]
+    ds = ds[np.isfinite(ds)]
+    def mae(x): return float(np.mean(np.abs(x))) if x.size else float("nan")
+    def rmse(x): return float(np.sqrt(np.mean(x**2))) if x.size else float("nan")
+    return {"n": int(mask.sum()), "energy_mae": mae(de), "energy_rmse": rmse(de),
+            "force_mae": mae(df), "force_rmse": rmse(df), "stress_mae": mae(ds),
+            "stress_rmse": rmse(ds)}
+
+
+def breakdown(ev: Evaluation, by: str = "group") -> dict[str, dict[str, float]]:
+    """Metrics per group or per temperature (key 'group' or 'temperature')."""
+    if by == "group":
+        keys = np.array(ev.groups)
+    elif by == "temperature":
+        keys = np.array([f"{t:.0f} K" if np.isfinite(t) else "unknown" for t in ev.temperatures])
+    else:
+        raise ValueError(f"breakdown by 'group' or 'temperature', not {by!r}")
+    order = sorted(set(keys.tolist()), key=lambda k: (len(k), k))
+    return {k: metrics(ev, keys == k) for k in order}
+
+
+def force_mae_per_structure(ev: Evaluation) -> np.ndarray:
+    """Force MAE of each structure [S] (eV/Å), e.g. for box plots per temperature."""
+    sums = np.zeros(len(ev.energy_error))
+    np.add.at(sums, ev.atom_structure, np.abs(ev.force_error).mean(1))
+    return sums / np.bincount(ev.atom_structure)
+
+
+def parity_plot(ev: Evaluation, path: str, *, title: str = "") -> str:
+    """Energy and force parity plots side by side, saved as PNG; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = metrics(ev)
+    fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(9, 4.2))
+    groups = np.array(ev.groups)
+    for g in sorted(set(ev.groups)):
+        ax_e.scatter(ev.e_ref[groups == g], ev.e_pred[groups == g], s=10, label=g)
+    lim = [min(ev.e_ref.min(), ev.e_pred.min()), max(ev.e_ref.max(), ev.e_pred.max())]
+    ax_e.plot(lim, lim, "k--", lw=0.8)
+    ax_e.set(xlabel="reference energy (eV/atom)", ylabel="predicted energy (eV/atom)",
+             title=f"energy MAE {m['energy_mae']:.2f} meV/atom")
+    ax_e.legend(fontsize=7)
+    ax_f.scatter(ev.f_ref.ravel(), ev.f_pred.ravel(), s=2, alpha=0.3)
+    lim = [ev.f_ref.min(), ev.f_ref.max()]
+    ax_f.plot(lim, lim, "k--", lw=0.8)
+    ax_f.set(xlabel="reference force (eV/Å)", ylabel="predicted force (eV/Å)",
+             title=f"force MAE {m['force_mae']:.3f} eV/Å")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
