@@ -1,3 +1,192 @@
-"""CLI commands: model."""
+"""CLI commands: `congener train`, `congener transfer`, `congener evaluate`."""
 
-from congener.cli import cli  # noqa: F401
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from congener.cli import cli
+from congener.errors import ConfigError
+
+
+def _train_options(fn):
+    options = [
+        click.option("--train", "train_file", required=True, help="Training structures (extxyz)."),
+        click.option("--val", "val_file", default=None,
+                     help="Validation structures [default: --val-fraction of --train]."),
+        click.option("--val-fraction", type=float, default=0.1, show_default=True),
+        click.option("--test", "test_file", default=None, help="Evaluated after training."),
+        click.option("--config", "config_file", default=None,
+                     help="YAML/TOML with sections `model` and `train`; options override it."),
+        click.option("--epochs", type=int, default=None),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--lr", type=float, default=None, help="Initial learning rate."),
+        click.option("--lr-final", type=float, default=None, help="Learning rate at the end."),
+        click.option("--energy-weight", type=float, default=None,
+                     help="Weight of the per-atom energy term (0 = force matching only)."),
+        click.option("--stress-weight", type=float, default=None),
+        click.option("--patience", type=int, default=None, help="Early stopping (epochs)."),
+        click.option("--seed", type=int, default=None),
+        click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ..."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None),
+        click.option("-o", "--output", "run_dir", required=True,
+                     help="Run folder (checkpoints, history, model.pt); rerun to resume."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _configs(config_file, overrides, cutoff=None):
+    from congener.models.dimenet import DimeNetConfig
+    from congener.training.config import TrainConfig, from_dict, read_mapping
+
+    raw = read_mapping(config_file) if config_file else {}
+    unknown = set(raw) - {"model", "train"}
+    if unknown:
+        raise ConfigError(f"unknown config section {sorted(unknown)[0]!r} (known: model, train)")
+    model = from_dict(DimeNetConfig, raw.get("model"), "model")
+    if cutoff is not None:
+        model = replace(model, cutoff=cutoff)
+    train = TrainConfig.from_dict(raw.get("train") or {})
+    return model, replace(train, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _load_sets(train_file, val_file, val_fraction, seed):
+    from congener.data.split import random_split
+    from congener.data.structures import read_structures
+
+    train = read_structures(train_file)
+    if val_file:
+        return train, read_structures(val_file)
+    if not 0 < val_fraction < 1 or len(train) < 2:
+        raise ConfigError("give --val, or --val-fraction in (0, 1) with >= 2 training structures")
+    split = random_split(len(train), val=max(1, round(val_fraction * len(train))), seed=seed)
+    return [train[k] for k in split.train], [train[k] for k in split.val]
+
+
+def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=None, meta=None):
+    from tqdm import tqdm
+
+    from congener.analysis.errors import evaluate, metrics
+    from congener.data.structures import read_structures
+    from congener.training.data import LabelledSet
+    from congener.training.trainer import fit
+
+    cutoff = potential.cutoff
+    tset, vset = LabelledSet(train, cutoff, name="training set"), LabelledSet(val, cutoff,
+                                                                              name="validation set")
+    with tqdm(total=cfg.epochs, unit="epoch", dynamic_ncols=True) as bar:
+        def progress(row):
+            bar.n = row["epoch"] + 1
+            bar.set_postfix(loss=f"{row['train_loss']:.3g}", val_E=f"{row['val_energy_mae']:.1f}",
+                            val_F=f"{row['val_force_mae']:.3f}")
+            bar.refresh()
+        result = fit(potential, tset, vset, cfg, run_dir=run_dir, lr_scales=lr_scales,
+                     metadata=meta, callback=progress)
+    click.echo(f"best epoch {result.best_epoch}: validation energy MAE "
+               f"{result.best_val.get('val_energy_mae', float('nan')):.2f} meV/atom, force MAE "
+               f"{result.best_val.get('val_force_mae', float('nan')):.4f} eV/Å; "
+               f"{result.seconds:.0f} s")
+    click.echo(f"model: {Path(run_dir) / 'model.pt'}")
+    if test_file:
+        m = metrics(evaluate(potential, read_structures(test_file)))
+        (Path(run_dir) / "test_metrics.json").write_text(json.dumps(m, indent=2))
+        click.echo(f"test: energy MAE {m['energy_mae']:.2f} meV/atom, force MAE "
+                   f"{m['force_mae']:.4f} eV/Å ({m['n']} structures)")
+
+
+_OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress_weight",
+              "patience", "seed", "device", "dtype")
+
+
+@cli.command("train")
+@_train_options
+@click.option("--cutoff", type=float, default=None, help="Cutoff in Å [default: 5.0].")
+def train_command(train_file, val_file, val_fraction, test_file, config_file, run_dir,
+                  cutoff, **overrides):
+    """Train a DimeNet++ potential from scratch (force matching unless --energy-weight > 0)."""
+    from congener.data.structures import elements_of, file_hash_of
+    from congener.models.checkpoint import build_potential
+
+    model_cfg, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES}, cutoff)
+    train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
+    potential = build_potential(elements_of(train + val), model_cfg)
+    meta = {"mode": "scratch", "train_data": file_hash_of(train_file)}
+    _run(potential, train, val, model_cfg, cfg, run_dir, test_file, meta=meta)
+
+
+@cli.command("transfer")
+@click.argument("source_model")
+@click.option("--map", "mapping", required=True, multiple=True,
+              help="SOURCE=TARGET element mapping, e.g. Si=Ge (repeatable).")
+@click.option("--fresh-embedding", is_flag=True,
+              help="Start the target embedding row fresh instead of from the source row.")
+@click.option("--freeze", "freeze_parts", default=None,
+              help="Comma-separated parts to freeze: embedding, interactions, interaction:K, "
+                   "outputs, output:K, basis, or parameter-name patterns.")
+@click.option("--soft-freeze", type=float, default=None,
+              help="Instead of freezing, scale the learning rate of --freeze parts by this.")
+@_train_options
+def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_freeze,
+                     train_file, val_file, val_fraction, test_file, config_file, run_dir,
+                     **overrides):
+    """Fine-tune a source-element model on target-element data (all parameters by default)."""
+    from congener.data.structures import file_hash_of
+    from congener.models.checkpoint import load_potential
+    from congener.training import transfer
+
+    pairs = {}
+    for item in mapping:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise ConfigError(f"--map takes SOURCE=TARGET, e.g. Si=Ge (got {item!r})")
+        pairs[src.strip()] = dst.strip()
+    _, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES})
+    potential = transfer.map_species(load_potential(source_model), pairs,
+                                     fresh_embedding=fresh_embedding, seed=cfg.seed)
+    scales = None
+    if freeze_parts:
+        parts = [p.strip() for p in freeze_parts.split(",") if p.strip()]
+        if soft_freeze is not None:
+            scales = transfer.lr_scales(potential, parts, soft_freeze)
+            click.echo(f"soft-frozen (lr x {soft_freeze}): {len(scales)} parameter tensors")
+        else:
+            names = transfer.freeze(potential, parts)
+            click.echo(f"frozen: {len(names)} parameter tensors ({', '.join(parts)})")
+    train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
+    meta = {"mode": "transfer", "source_model": str(source_model), "mapping": pairs,
+            "train_data": file_hash_of(train_file)}
+    _run(potential, train, val, None, cfg, run_dir, test_file, lr_scales=scales, meta=meta)
+
+
+@cli.command("evaluate")
+@click.argument("model")
+@click.argument("data", nargs=-1, required=True)
+@click.option("--by", type=click.Choice(["group", "temperature", "none"]), default="group",
+              show_default=True, help="Break errors down by this key.")
+@click.option("--plot", default=None, help="Write energy/force parity plots to this PNG.")
+@click.option("--json", "json_out", default=None, help="Write the metrics to this JSON file.")
+def evaluate_command(model, data, by, plot, json_out):
+    """Energy, force and stress errors of MODEL on DATA files."""
+    from congener.analysis.errors import breakdown, evaluate, metrics, parity_plot
+    from congener.data.structures import read_structures
+    from congener.models.checkpoint import load_potential
+
+    potential = load_potential(model, dtype=__import__("torch").float64)
+    structures = [a for f in data for a in read_structures(f)]
+    ev = evaluate(potential, structures)
+    rows = {"all": metrics(ev)} | ({} if by == "none" else breakdown(ev, by))
+    click.echo(f"{by if by != 'none' else '':>14} {'n':>5} {'E MAE':>9} {'E RMSE':>9} "
+               f"{'F MAE':>8} {'F RMSE':>8} {'S MAE':>7}")
+    click.echo(f"{'':>14} {'':>5} {'meV/at':>9} {'meV/at':>9} {'eV/Å':>8} {'eV/Å':>8} {'GPa':>7}")
+    for key, m in rows.items():
+        click.echo(f"{key:>14} {m['n']:5d} {m['energy_mae']:9.2f} {m['energy_rmse']:9.2f} "
+                   f"{m['force_mae']:8.4f} {m['force_rmse']:8.4f} {m['stress_mae']:7.3f}")
+    if plot:
+        click.echo(f"parity plot: {parity_plot(ev, plot, title=Path(model).name)}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=2))

@@ -145,3 +145,10 @@ def atomic_number(symbol: str) -> int:
     if z is None or z == 0:
         raise DataError(f"unknown element {symbol!r}")
     return z
+
+
+def file_hash_of(path: str | Path) -> str:
+    """Short SHA-256 of a file's bytes (identifies training data in checkpoints)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -6,7 +6,6 @@ references, weights and free-form metadata (training data hash, source run, ...)
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -77,8 +76,3 @@ def load_potential(path: str | Path, *, device: str | torch.device = "cpu",
                               f"{str(exc).splitlines()[0][:200]}") from exc
     potential.metadata = dict(payload.get("metadata", {}))
     return potential.to(device=device, dtype=dtype).eval()
-
-
-def file_hash(path: str | Path) -> str:
-    """Short SHA-256 of a file's bytes (identifies training data in checkpoints)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

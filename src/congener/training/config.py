@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from congener.errors import ConfigError
@@ -73,3 +74,24 @@ def from_dict(cls: type, values: dict[str, Any] | None, section: str) -> Any:
             raise ConfigError(f"{section}.{name} must be {type(default).__name__} "
                               f"(got {value!r})")
     return cls(**values)
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file into a dict; `ConfigError` if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such config file: {path}")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(path.read_text())
+        else:
+            import yaml
+
+            data = yaml.safe_load(path.read_text()) or {}
+    except Exception as exc:
+        raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data

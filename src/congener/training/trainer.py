@@ -124,8 +124,9 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     run_dir = Path(run_dir) if run_dir else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.force_only:
-        fit_energy_refs(potential, train)
+    # Energy mode learns on top of the references; force-only mode refits them after training
+    # (as the paper does) but fitting them first makes validation energies meaningful.
+    fit_energy_refs(potential, train)
     opt = _optimizer(potential, cfg, lr_scales)
     rng = np.random.default_rng(cfg.seed)
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad": 0,
