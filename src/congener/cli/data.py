@@ -76,8 +76,9 @@ def sw_command(element: str, preset: str, output: str, params_path: str | None,
         structures = generate_sw_data(element, protocol, workdir=work, params_path=params_path,
                                       seed=seed, workers=workers, progress=progress)
     write_structures(out, structures)
-    click.echo(f"wrote {len(structures)} structures ({len(protocol.temperatures_K)} "
-               f"temperatures) to {out}")
+    n_temps = len(protocol.temperatures_K)
+    click.echo(f"wrote {len(structures)} structures ({n_temps} temperature"
+               f"{'s' if n_temps != 1 else ''}) to {out}")
 
 
 @data.command("mlearn", short_help="Convert mlearn DFT JSON to extended XYZ.")
