@@ -127,5 +127,5 @@ def test_bad_element_or_parameters(tmp_path):
         generate_sw_data("Xx", TINY, workdir=tmp_path)
     with pytest.raises(DataError, match="no Stillinger-Weber parameters shipped for Sn"):
         generate_sw_data("Sn", TINY, workdir=tmp_path)
-    with pytest.raises(DataError, match="workers"):
+    with pytest.raises(ConfigError, match="workers"):
         generate_sw_data("Si", TINY, workdir=tmp_path, workers=0)

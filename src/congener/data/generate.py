@@ -13,7 +13,6 @@ it finishes, so an interrupted generation resumes and skips the finished tempera
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from congener.data.lammps_sw import sw_setup_commands, sw_state
 from congener.data.stillinger_weber import load_sw_params, resolve_params_path
 from congener.data.structures import label, read_structures, write_structures
 from congener.data.sw_protocol import SWProtocol
-from congener.errors import CongenerError, DataError
+from congener.errors import ConfigError, CongenerError, DataError
 
 GROUP = "SW-MD"
 MANIFEST = "manifest.json"
@@ -160,7 +159,7 @@ def temperature_file(workdir: Path, temperature_K: float) -> Path:
 
 def _manifest(element: str, params_path: Path, protocol: SWProtocol, seed: int) -> dict:
     params = load_sw_params(element, params_path)
-    return {"element": element, "params": dataclasses.asdict(params),
+    return {"element": element, "params": asdict(params),
             "protocol": asdict(protocol), "seed": seed}
 
 
@@ -192,7 +191,7 @@ def generate_sw_data(
     workers: int = 1,
     progress: Progress | None = None,
 ) -> list[Atoms]:
-    """SW-MD samples of `element` at every temperature of `protocol`, ordered by temperature.
+    """SW-MD samples of `element` at every temperature of `protocol`, in the protocol's order.
 
     Finished temperatures are kept in `workdir` (one extended-XYZ file each) and skipped when
     the call is repeated with the same settings; a folder made with other settings (element,
@@ -201,7 +200,7 @@ def generate_sw_data(
     temperature is done (also for those found finished).
     """
     if workers < 1:
-        raise DataError(f"workers must be >= 1 (got {workers})")
+        raise ConfigError(f"workers must be >= 1 (got {workers})")
     path = resolve_params_path(element, params_path).resolve()
     workdir = Path(workdir)
     _check_workdir(workdir, _manifest(element, path, protocol, seed))
