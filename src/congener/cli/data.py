@@ -8,6 +8,9 @@ from pathlib import Path
 import click
 
 from congener.cli import cli
+from congener.data.mlearn import MlearnSplit
+from congener.data.split import Stratify
+from congener.data.sw_protocol import Preset
 from congener.errors import ConfigError
 
 
@@ -31,8 +34,8 @@ def _default_workers() -> int:
 
 @data.command("sw", short_help="Stillinger-Weber MD data through LAMMPS.")
 @click.option("--element", required=True, help="Chemical symbol, e.g. Si or Ge.")
-@click.option("--preset", type=click.Choice(["quick", "paper"]), default="quick",
-              show_default=True, help="quick: 8 temperatures, ~10 s; paper: 34 temperatures, "
+@click.option("--preset", type=click.Choice([p.value for p in Preset]), default="quick",
+              show_default=True, help="quick: 8 temperatures, ~10 s on 2 cores; paper: 34 temperatures, "
               "4 ns NPT + 1 ns NVT each (hours).")
 @click.option("-o", "--output", required=True, help="Merged extended-XYZ file to write.")
 @click.option("--params", "params_path", default=None,
@@ -84,7 +87,8 @@ def sw_command(element: str, preset: str, output: str, params_path: str | None,
 @data.command("mlearn", short_help="Convert mlearn DFT JSON to extended XYZ.")
 @click.argument("path")
 @click.option("-o", "--output", required=True, help="Extended-XYZ file to write.")
-@click.option("--split", "split", type=click.Choice(["train", "test", "both"]), default="both",
+@click.option("--split", "split", type=click.Choice([*(s.value for s in MlearnSplit), "both"]),
+              default="both",
               show_default=True, help="For a folder: which file(s) to convert.")
 @click.option("--no-surfaces", is_flag=True, help="Drop the Surface (slab) group.")
 def mlearn_command(path: str, output: str, split: str, no_surfaces: bool) -> None:
@@ -99,11 +103,12 @@ def mlearn_command(path: str, output: str, split: str, no_surfaces: bool) -> Non
 
     source, out = Path(path), Path(output)
     if not source.is_dir():
-        targets = {out: read_mlearn(source, surfaces=not no_surfaces)}
+        file_split = None if split == "both" else split  # a split given for a file: error
+        targets = {out: read_mlearn(source, split=file_split, surfaces=not no_surfaces)}
     elif split == "both":
-        targets = {out.with_name(f"{out.stem}_{s}{out.suffix or '.extxyz'}"):
+        targets = {out.with_name(f"{out.stem}_{s.value}{out.suffix or '.extxyz'}"):
                    read_mlearn(source, split=s, surfaces=not no_surfaces)
-                   for s in ("train", "test")}
+                   for s in MlearnSplit}
     else:
         targets = {out: read_mlearn(source, split=split, surfaces=not no_surfaces)}
     for target, structures in targets.items():
@@ -144,7 +149,7 @@ def _size(text: str | None, name: str) -> int | float | None:
 @click.option("--val", default="0", show_default=True, help="Count or fraction.")
 @click.option("--test", default="0", show_default=True, help="Count or fraction.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--stratify", type=click.Choice(["temperature", "group"]), default=None,
+@click.option("--stratify", type=click.Choice([s.value for s in Stratify]), default=None,
               help="Apply the sizes within each temperature or group.")
 @click.option("-o", "--output", "prefix", required=True,
               help="Prefix: writes PREFIX_train.extxyz, PREFIX_val.extxyz, PREFIX_test.extxyz.")
