@@ -35,8 +35,8 @@ def _default_workers() -> int:
 @data.command("sw", short_help="Stillinger-Weber MD data through LAMMPS.")
 @click.option("--element", required=True, help="Chemical symbol, e.g. Si or Ge.")
 @click.option("--preset", type=click.Choice([p.value for p in Preset]), default="quick",
-              show_default=True, help="quick: 8 temperatures, ~10 s on 2 cores; paper: 34 temperatures, "
-              "4 ns NPT + 1 ns NVT each (hours).")
+              show_default=True, help="quick: 8 temperatures, ~10 s on 2 cores; paper: 34 "
+              "temperatures, 4 ns NPT + 1 ns NVT each (hours).")
 @click.option("-o", "--output", required=True, help="Merged extended-XYZ file to write.")
 @click.option("--params", "params_path", default=None,
               help="LAMMPS .sw file (default: the shipped Si.sw / Ge.sw).")
