@@ -35,6 +35,8 @@ def test_samples_are_labelled_and_ordered(generated):
         assert stress_of(atoms) is not None and "momenta" in atoms.arrays
         # mom yes: the centre of mass does not move.
         assert np.abs(atoms.get_momenta().sum(axis=0)).max() < 1e-6
+    # Momenta survive the extended-XYZ round trip in ASE units (LAMMPS stores Å/ps).
+    assert 700 < np.mean([a.get_temperature() for a in structures[4:]]) < 1700
     hot = np.mean([energy_of(a) for a in structures[4:]])
     cold = np.mean([energy_of(a) for a in structures[:4]])
     assert hot > cold + 64 * 1.5 * units.kB * 600  # at least half of equipartition's rise
