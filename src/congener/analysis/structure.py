@@ -116,26 +116,42 @@ def adf(frames: Sequence[Atoms], *, r_cut_A: float = 3.0, bin_deg: float = 1.0) 
     return ADF(angle_deg=0.5 * (edges[1:] + edges[:-1]), p=p, r_cut_A=r_cut_A)
 
 
-def _smooth(y: np.ndarray, width: int) -> np.ndarray:
-    """Triangular moving average over `width` bins (odd): a single-bin spike keeps its
+def _smooth(y: np.ndarray, half_width: int) -> np.ndarray:
+    """Triangular moving average over 2 half_width + 1 bins: a single-bin spike keeps its
     maximum in its own bin, so peak positions of crystals stay exact."""
-    half = width // 2
-    if half < 1:
+    if half_width < 1:
         return y
-    kernel = np.concatenate([np.arange(1, half + 2), np.arange(half, 0, -1)]).astype(float)
+    kernel = np.concatenate([np.arange(1, half_width + 2), np.arange(half_width, 0, -1)])
     return np.convolve(y, kernel / kernel.sum(), mode="same")
 
 
-def first_peak(r: RDF, *, threshold: float = 1.0, smooth_bins: int = 5) -> float:
-    """Position (Å) of the first maximum of g(r): the local maximum reached by walking up
-    from the first bin where the smoothed g exceeds `threshold` (parabolic refinement)."""
-    g = _smooth(r.g, smooth_bins)
+def _first_shell(r: RDF, threshold: float, smooth_A: float) -> tuple[np.ndarray, int, int]:
+    """Smoothed g and the bin indices of its first peak and first minimum.
+
+    The first peak is the maximum of the first region where g > `threshold`; the first
+    minimum is the lowest point between the end of that region and the next rise above
+    `threshold` (or, if g never drops below it, up to 1.6 x the peak radius).
+    """
+    g = _smooth(r.g, round(smooth_A / r.bin_A))
     above = np.flatnonzero(g > threshold)
     if above.size == 0:
         raise DataError(f"g(r) never exceeds {threshold}: no first peak")
-    k = int(above[0])
-    while k + 1 < g.size and g[k + 1] >= g[k]:
-        k += 1
+    k0 = int(above[0])
+    drop = np.flatnonzero(g[k0:] <= threshold)
+    k1 = k0 + int(drop[0]) if drop.size else g.size
+    k_peak = k0 + int(np.argmax(g[k0:k1]))
+    if k1 < g.size:
+        rise = np.flatnonzero(g[k1:] > threshold)
+        k2 = k1 + int(rise[0]) if rise.size else g.size
+    else:
+        k1, k2 = k_peak, int(np.searchsorted(r.r_A, 1.6 * r.r_A[k_peak]))
+    return g, k_peak, k1 + int(np.argmin(g[k1:max(k2, k1 + 1)]))
+
+
+def first_peak(r: RDF, *, threshold: float = 1.0, smooth_A: float = 0.1) -> float:
+    """Position (Å) of the first maximum of g(r), smoothed over ±`smooth_A`, refined by a
+    parabola through the three highest bins."""
+    g, k, _ = _first_shell(r, threshold, smooth_A)
     if 0 < k < g.size - 1:
         den = g[k - 1] - 2 * g[k] + g[k + 1]
         if den < 0:
@@ -143,15 +159,9 @@ def first_peak(r: RDF, *, threshold: float = 1.0, smooth_bins: int = 5) -> float
     return float(r.r_A[k])
 
 
-def first_minimum(r: RDF, *, threshold: float = 1.0, smooth_bins: int = 5) -> float:
+def first_minimum(r: RDF, *, threshold: float = 1.0, smooth_A: float = 0.1) -> float:
     """Position (Å) of the first minimum after the first peak of the smoothed g(r)."""
-    g = _smooth(r.g, smooth_bins)
-    k = int(np.searchsorted(r.r_A, first_peak(r, threshold=threshold,
-                                              smooth_bins=smooth_bins)))
-    while k + 1 < g.size and g[k + 1] >= g[k]:
-        k += 1
-    while k + 1 < g.size and g[k + 1] <= g[k]:
-        k += 1
+    _, _, k = _first_shell(r, threshold, smooth_A)
     return float(r.r_A[k])
 
 
