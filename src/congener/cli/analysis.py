@@ -1,0 +1,195 @@
+"""CLI commands: `congener analyze phonons | md`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from congener.cli import cli
+from congener.errors import ConfigError, DataError
+
+
+@cli.group()
+def analyze() -> None:
+    """Phonon DOS, MD stability and liquid structure of trained potentials."""
+
+
+def _calculator(spec: str, device: str) -> Any:
+    """`sw:ELEMENT` -> Stillinger-Weber through LAMMPS; anything else -> a checkpoint."""
+    if spec.startswith("sw:"):
+        from congener.data.lammps_sw import LammpsSWCalculator
+
+        return LammpsSWCalculator(spec[3:])
+    from congener.calculator import CongenerCalculator
+
+    return CongenerCalculator.from_checkpoint(spec, device=device, dtype="float64")
+
+
+def _labels(specs: list[str]) -> list[str]:
+    names = [s if s.startswith("sw:") else Path(s).stem for s in specs]
+    return [n if names.count(n) == 1 else s for n, s in zip(names, specs, strict=True)]
+
+
+def _write_dos_csv(path: Path, curves: dict[str, Any]) -> None:
+    pitch = min(float(np.diff(d.frequencies_THz).min()) for d in curves.values())
+    lo = min(float(d.frequencies_THz[0]) for d in curves.values())
+    hi = max(float(d.frequencies_THz[-1]) for d in curves.values())
+    grid = np.linspace(lo, hi, int(np.ceil((hi - lo) / pitch)) + 1)
+    columns = [grid] + [np.interp(grid, d.frequencies_THz, d.dos, left=0.0, right=0.0)
+                        for d in curves.values()]
+    header = ",".join(["frequency_THz", *curves])
+    np.savetxt(path, np.column_stack(columns), delimiter=",", header=header, comments="",
+               fmt="%.6g")
+
+
+@analyze.command("phonons", short_help="Phonon DOS of models against a reference.")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--reference", default=None,
+              help="sw:ELEMENT (Stillinger-Weber through LAMMPS) or a checkpoint.")
+@click.option("--element", required=True, help="Chemical symbol; its cubic diamond cell.")
+@click.option("--lattice", type=float, default=None,
+              help="Starting lattice constant in Å [default: ASE's].")
+@click.option("--mesh", type=int, default=20, show_default=True, help="q-mesh per axis.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-o", "--output", required=True, help="Folder for dos.csv, dos.png, phonons.json.")
+def phonons_command(models: tuple[str, ...], reference: str | None, element: str,
+                    lattice: float | None, mesh: int, device: str, output: str) -> None:
+    """Relax the diamond cell, compute the phonon DOS (2x2x2 supercell, 0.01 Å displacements)
+    of each MODEL (a checkpoint or sw:ELEMENT) and its distance to the reference DOS."""
+    from congener.analysis.phonons import diamond_cell, dos_distance, phonon_dos
+    from congener.analysis.plots import plot_dos
+
+    if mesh < 1:
+        raise ConfigError(f"--mesh must be >= 1 (got {mesh})")
+    def dos_of(spec: str) -> Any:
+        return phonon_dos(_calculator(spec, device), diamond_cell(element, lattice),
+                          mesh=(mesh, mesh, mesh))
+
+    curves = {label: dos_of(spec) for spec, label in zip(models, _labels(list(models)),
+                                                          strict=True)}
+    ref = (f"reference {_labels([reference])[0]}", dos_of(reference)) if reference else None
+    everything = {**curves, **dict([ref] if ref else [])}
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_dos_csv(out / "dos.csv", everything)
+    plot_dos(curves, out / "dos.png", reference=ref)
+    summary = {}
+    for label, dos in everything.items():
+        entry = {"lattice_A": dos.lattice_A, "gamma_THz": dos.gamma_THz.round(4).tolist()}
+        if ref is not None and label != ref[0]:
+            entry["dos_distance"] = dos_distance(dos, ref[1])
+        summary[label] = entry
+        distance = f", DOS distance {entry['dos_distance']:.4f}" if "dos_distance" in entry else ""
+        click.echo(f"{label}: a = {dos.lattice_A:.4f} Å, Γ optical "
+                   f"{dos.gamma_THz[-1]:.3f} THz{distance}")
+    (out / "phonons.json").write_text(json.dumps(summary, indent=2) + "\n")
+    click.echo(f"wrote {out / 'dos.csv'}, {out / 'dos.png'}, {out / 'phonons.json'}")
+
+
+def _read_structure(text: str) -> Any:
+    import ase.io
+
+    path, _, index = text.rpartition("@")
+    if not path or not index.lstrip("-").isdigit():
+        path, index = text, "0"
+    if not Path(path).is_file():
+        raise DataError(f"no such structure file: {path}")
+    try:
+        return ase.io.read(path, index=int(index))
+    except (IndexError, StopIteration) as exc:
+        raise DataError(f"{path} has no structure at index {index}") from exc
+
+
+@analyze.command("md", short_help="Batched NVT MD: stability, RDF and ADF.")
+@click.argument("model")
+@click.option("--structure", required=True, help="Structure file, optionally FILE@index.")
+@click.option("--temperature", type=float, required=True, help="Temperature in K.")
+@click.option("--timestep", type=float, default=0.5, show_default=True, help="fs.")
+@click.option("--steps", type=int, required=True)
+@click.option("--friction", type=float, default=1.0, show_default=True, help="1/ps.")
+@click.option("--trajectories", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sample-every", type=int, default=10, show_default=True)
+@click.option("--discard", type=int, default=None,
+              help="Steps left out of the RDF/ADF [default: the first fifth].")
+@click.option("--min-distance", type=float, default=2.0, show_default=True,
+              help="Closest allowed pair distance in Å.")
+@click.option("--r-cut", type=float, default=3.0, show_default=True,
+              help="First-shell cutoff of the ADF in Å.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="Torch threads [default: all cores].")
+@click.option("-o", "--output", required=True, help="Folder for rdf.csv, adf.csv, rdf.png, "
+              "structure.json and stability.json.")
+def md_command(model: str, structure: str, temperature: float, timestep: float, steps: int,
+               friction: float, trajectories: int, seed: int, sample_every: int,
+               discard: int | None, min_distance: float, r_cut: float, dtype: str,
+               device: str, threads: int | None, output: str) -> None:
+    """Run TRAJECTORIES Langevin trajectories of MODEL (a checkpoint) from one structure as
+    one batch; unstable ones are recorded and dropped. RDF and ADF over stable ones."""
+    from tqdm import tqdm
+
+    from congener.analysis.md import run_md
+    from congener.analysis.stability import stability_summary
+    from congener.models.checkpoint import load_potential
+    from congener.runtime import resolve_device
+
+    if trajectories < 1:
+        raise ConfigError(f"--trajectories must be >= 1 (got {trajectories})")
+    atoms = _read_structure(structure)
+    potential = load_potential(model, device=resolve_device(device))
+    with tqdm(total=steps, unit="step", desc="MD", disable=None) as bar:
+
+        def progress(step: int, state: Any) -> None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix_str(f"{state.n_systems}/{trajectories} running")
+
+        result = run_md(potential, [atoms.copy() for _ in range(trajectories)],
+                        temperature_K=temperature, timestep_fs=timestep, steps=steps,
+                        friction_per_ps=friction, seed=seed, sample_every=sample_every,
+                        min_distance_A=min_distance, dtype=dtype, threads=threads,
+                        callback=progress)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stability.json").write_text(json.dumps(stability_summary(result), indent=2) + "\n")
+    click.echo(f"stable: {result.n_stable}/{trajectories} trajectories; "
+               f"{result.system_steps_per_s:.1f} system-steps/s")
+    for t in result.trajectories:
+        if not t.stable:
+            click.echo(f"  trajectory {t.index}: {t.failure} at step {t.failed_step} "
+                       f"({t.detail})")
+    _write_structure(out, result, atoms, steps // 5 if discard is None else discard, r_cut)
+
+
+def _write_structure(out: Path, result: Any, atoms: Any, discard: int, r_cut: float) -> None:
+    from congener.analysis.plots import plot_structure
+    from congener.analysis.structure import LIQUID_GE_1273K, structure_stats
+
+    frames = [f for f in result.stable_frames(start_step=discard) if f]
+    if not frames:
+        click.echo("no stable frames after the discarded steps: RDF and ADF not written")
+        return
+    stats = structure_stats(frames, r_cut_A=r_cut)
+    np.savetxt(out / "rdf.csv", np.column_stack([stats.r_A, stats.g_mean, stats.g_std]),
+               delimiter=",", header="r_A,g_mean,g_std", comments="", fmt="%.6g")
+    np.savetxt(out / "adf.csv",
+               np.column_stack([stats.angle_deg, stats.adf_mean, stats.adf_std]),
+               delimiter=",", header="angle_deg,p_mean,p_std", comments="", fmt="%.6g")
+    experiment = LIQUID_GE_1273K if set(atoms.get_chemical_symbols()) == {"Ge"} else None
+    plot_structure({"model": stats}, out / "rdf.png", experiment=experiment)
+    summary = {"first_peak_A": stats.peak_A, "coordination": stats.coordination,
+               "n_trajectories": stats.n_trajectories, "discarded_steps": discard,
+               "adf_r_cut_A": r_cut}
+    if experiment is not None:
+        summary["experiment"] = {"peak_A": experiment.peak_A,
+                                 "coordination": experiment.coordination,
+                                 "citation": experiment.citation}
+    (out / "structure.json").write_text(json.dumps(summary, indent=2) + "\n")
+    click.echo(f"first peak {stats.peak_A[0]:.3f} ± {stats.peak_A[1]:.3f} Å, coordination "
+               f"{stats.coordination[0]:.2f} ± {stats.coordination[1]:.2f}; wrote {out}")
