@@ -1,3 +1,70 @@
-"""CLI commands: study."""
+"""CLI command: `congener study [CONFIG]` — the learning-curve study."""
 
-from congener.cli import cli  # noqa: F401
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from congener.cli import cli
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    from congener.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise ConfigError(f"expected comma-separated integers (got {text!r})") from exc
+
+
+@cli.command("study")
+@click.argument("config", required=False)
+@click.option("-o", "--output", "study_dir", default="congener-study", show_default=True,
+              help="Study folder; run the same command again to resume.")
+@click.option("--workers", type=int, default=None, help="Parallel training processes.")
+@click.option("--sizes", default=None, help="Override training sizes, e.g. 1,10,50.")
+@click.option("--seeds", default=None, help="Override seeds, e.g. 0,1,2,3,4.")
+def study_command(config: str | None, study_dir: str, workers: int | None, sizes: str | None,
+                  seeds: str | None) -> None:
+    """Learning-curve study: transfer against scratch over training sizes and seeds.
+
+    Without CONFIG, runs the built-in demonstration: Stillinger-Weber Si and Ge data
+    (LAMMPS, quick preset), a Si source model, and the Ge learning curve.
+    """
+    from tqdm import tqdm
+
+    from congener.studies.config import load_study_config
+    from congener.studies.learning_curve import run_study
+    from congener.studies.report import markdown_table, rows, summary
+
+    cfg = load_study_config(config)
+    overrides = {"workers": workers, "sizes": _ints(sizes), "seeds": _ints(seeds)}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    start = time.perf_counter()
+    bar = None
+    results = []
+
+    def log(msg: str) -> None:
+        click.echo(f"[{time.perf_counter() - start:6.0f} s] {msg}")
+
+    def on_done(spec, res) -> None:
+        nonlocal bar
+        results.append((spec, res))
+        if bar is None:
+            bar = tqdm(unit="run", dynamic_ncols=True, desc="runs")
+        bar.update(1)
+        bar.set_postfix_str(f"{spec.name}: E {res['test']['energy_mae']:.1f} meV/atom, "
+                            f"F {res['test']['force_mae']:.3f} eV/Å")
+
+    report = run_study(cfg, Path(study_dir), log=log, on_done=on_done)
+    if bar is not None:
+        bar.close()
+    click.echo("\nTest errors, mean ± std over seeds:\n")
+    click.echo(markdown_table(summary(rows(results))))
+    click.echo(f"\nreport: {report}\nplots: {Path(study_dir) / 'learning_curves.png'}"
+               f"  (finished in {time.perf_counter() - start:.0f} s)")

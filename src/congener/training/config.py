@@ -31,9 +31,10 @@ class TrainConfig:
     dtype: str = "float32"
     device: str = "auto"
     threads: int = 0  # 0 = all cores
+    val_every: int = 1  # validate every this many epochs (and at the last one)
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "lr", "lr_final")
+        positive = ("epochs", "batch_size", "lr", "lr_final", "val_every")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be > 0 (got {getattr(self, name)})")

@@ -142,19 +142,23 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
         potential.train()
         lr = _set_lr(opt, cfg, epoch)
         row = {"epoch": epoch, "lr": lr, **_train_epoch(potential, train, cfg, opt, rng, epoch)}
-        row.update(validate(potential, val, cfg))
+        checked = (epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1
+        nan = float("nan")
+        row.update(validate(potential, val, cfg) if checked else
+                   {"val_loss": nan, "val_energy_mae": nan, "val_force_mae": nan})
         row["seconds"] = time.perf_counter() - start
         state["history"].append(row)
-        if row["val_loss"] < state["best_val"]:
+        improved = checked and row["val_loss"] < state["best_val"]
+        if improved:
             state.update(best_val=row["val_loss"], best_epoch=epoch, bad=0)
             best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
             if run_dir:
                 torch.save(best_state, run_dir / "best_state.pt")
-        else:
+        elif checked:
             state["bad"] += 1
         state.update(epoch=epoch + 1, seconds=row["seconds"])
         if run_dir:
-            _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata)
+            _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata, improved)
         if callback:
             callback(row)
         if cfg.patience and state["bad"] >= cfg.patience:
@@ -175,9 +179,8 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
 
 def _checkpoint(run_dir: Path, potential: Potential, opt: torch.optim.Optimizer,
                 cfg: TrainConfig, state: dict, rng: np.random.Generator,
-                metadata: dict[str, Any] | None) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if state["bad"] == 0:
+                metadata: dict[str, Any] | None, improved: bool) -> None:
+    if improved:
         save_potential(run_dir / "best.pt", potential, metadata)
     payload = {"state": state, "config": asdict(cfg), "model": potential.state_dict(),
                "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}

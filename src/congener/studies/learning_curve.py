@@ -1,0 +1,207 @@
+"""The learning-curve study: sizes x seeds x modes, plus temperature-transferability runs.
+
+Layout of a study folder:
+    config.json              the resolved study configuration
+    data/                    target pool and test set, source train/val (extended XYZ)
+    source/                  the source model's training run (model.pt)
+    runs/<name>/             one folder per run: config.json, checkpoints, metrics.json
+    results.csv, report.md, *.png
+
+Every run is independent and writes `metrics.json` last, so running the study again skips
+finished runs and resumes interrupted ones from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from congener.data.split import nested_subsets, split_structures
+from congener.data.structures import read_structures, write_structures
+from congener.errors import CongenerError, DataError
+from congener.studies.config import Mode, RunSpec, StudyConfig
+from congener.studies.sources import load_spec
+
+RunDone = Callable[["RunSpec", dict[str, Any]], None]
+
+
+def prepare_data(cfg: StudyConfig, study_dir: Path, *, workers: int = 1,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Materialise target pool/test and source train/val files once (skipped when present)."""
+    data_dir = study_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: data_dir / f"{k}.extxyz" for k in ("target_pool", "target_test",
+                                                    "source_train", "source_val")}
+    if not (paths["target_pool"].is_file() and paths["target_test"].is_file()):
+        if progress:
+            progress(f"target data: {cfg.target.data}")
+        pool, test = load_spec(cfg.target.data, study_dir / "data" / "target.work", workers)
+        if cfg.target.test:
+            test = read_structures(cfg.target.test)
+        if test is None:
+            parts = split_structures(pool, test=cfg.target.test_size, seed=12345,
+                                     stratify="temperature" if _has_temperature(pool) else None)
+            pool, test = parts["train"], parts["test"]
+        write_structures(paths["target_test"], test)
+        write_structures(paths["target_pool"], pool)
+    needs_source = cfg.source.model is None and any(m != Mode.scratch for m in cfg.modes)
+    if needs_source and not paths["source_train"].is_file():
+        if progress:
+            progress(f"source data: {cfg.source.data}")
+        train, _ = load_spec(cfg.source.data, study_dir / "data" / "source.work", workers)
+        parts = split_structures(train, val=cfg.source.val_size, seed=12345)
+        write_structures(paths["source_val"], parts["val"])
+        write_structures(paths["source_train"], parts["train"])
+    return paths
+
+
+def _has_temperature(structures: Sequence) -> bool:
+    return all("temperature" in a.info for a in structures)
+
+
+def plan_runs(cfg: StudyConfig, pool: Sequence, lrs: dict[Mode, float] | None = None
+              ) -> list[RunSpec]:
+    """The study's runs: learning curve (nested subsets per seed) and temperature runs."""
+    runs: list[RunSpec] = []
+    n_pool = len(pool)
+    if max(cfg.sizes) + cfg.target.val_size > n_pool:
+        raise DataError(f"target pool has {n_pool} structures: too few for size "
+                        f"{max(cfg.sizes)} plus {cfg.target.val_size} for validation")
+    for seed in cfg.seeds:
+        perm = np.random.default_rng(1000 + seed).permutation(n_pool).tolist()
+        val, rest = tuple(sorted(perm[:cfg.target.val_size])), perm[cfg.target.val_size:]
+        subsets = nested_subsets(rest, cfg.sizes, seed=seed)
+        for size in cfg.sizes:
+            for mode in cfg.modes:
+                runs.append(RunSpec(f"{mode}-n{size}-s{seed}", "curve", mode, size, seed,
+                                    tuple(subsets[size]), val, (lrs or {}).get(mode)))
+    if cfg.temperature is not None:
+        runs += _temperature_runs(cfg, pool, lrs)
+    return runs
+
+
+def _temperature_runs(cfg: StudyConfig, pool: Sequence, lrs: dict[Mode, float] | None
+                      ) -> list[RunSpec]:
+    spec = cfg.temperature
+    temps = np.array([float(a.info.get("temperature", np.nan)) for a in pool])
+    if not np.isfinite(temps).any():
+        raise DataError("temperature runs need structures with a temperature")
+    nearest = temps[np.nanargmin(np.abs(temps - spec.temperature_K))]
+    at_t = np.flatnonzero(temps == nearest).tolist()
+    n_val = min(cfg.target.val_size, max(1, len(at_t) - max(spec.sizes)))
+    if max(spec.sizes) + n_val > len(at_t):
+        raise DataError(f"only {len(at_t)} pool structures at {nearest:.0f} K: too few for "
+                        f"size {max(spec.sizes)} plus validation")
+    runs = []
+    for seed in cfg.seeds:
+        perm = [at_t[k] for k in np.random.default_rng(2000 + seed).permutation(len(at_t))]
+        val, rest = tuple(sorted(perm[:n_val])), perm[n_val:]
+        subsets = nested_subsets(rest, spec.sizes, seed=seed)
+        for size in spec.sizes:
+            for mode in cfg.modes:
+                runs.append(RunSpec(f"T{nearest:.0f}-{mode}-n{size}-s{seed}", "temperature",
+                                    mode, size, seed, tuple(subsets[size]), val,
+                                    (lrs or {}).get(mode)))
+    return runs
+
+
+def plan_hpo(cfg: StudyConfig, pool: Sequence) -> list[RunSpec]:
+    """Learning-rate search runs: one per (mode, lr) at `hpo.size`, first seed."""
+    if cfg.hpo is None:
+        return []
+    probe = replace(cfg, sizes=(cfg.hpo.size,), seeds=cfg.seeds[:1], temperature=None)
+    base = plan_runs(probe, pool)
+    return [replace(r, name=f"hpo-{r.mode}-lr{lr:g}", kind="hpo", lr=lr)
+            for r in base for lr in cfg.hpo.lr]
+
+
+def best_lrs(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> dict[Mode, float]:
+    """Per mode, the learning rate with the lowest validation loss among HPO runs."""
+    best: dict[Mode, tuple[float, float]] = {}
+    for spec, res in results:
+        score = res["val"]["val_loss"]
+        if spec.mode not in best or score < best[spec.mode][0]:
+            best[spec.mode] = (score, float(spec.lr))
+    return {m: lr for m, (_, lr) in best.items()}
+
+
+def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
+            on_done: RunDone | None = None) -> list[tuple[RunSpec, dict[str, Any]]]:
+    """Run `specs` (finished ones are read back), in parallel over `cfg.workers` processes."""
+    from congener.studies.run import run_one
+
+    results, pending = [], []
+    for spec in specs:
+        done = study_dir / "runs" / spec.name / "metrics.json"
+        if done.is_file():
+            res = json.loads(done.read_text())
+            results.append((spec, res))
+            if on_done:
+                on_done(spec, res)
+        else:
+            pending.append(spec)
+    cfg_dict = cfg.as_dict()
+    if cfg.workers == 1 or len(pending) <= 1:
+        for spec in pending:
+            res = run_one(str(study_dir), cfg_dict, asdict(spec), threads=0)
+            results.append((spec, res))
+            if on_done:
+                on_done(spec, res)
+        return results
+    threads = max(1, _cores() // cfg.workers)
+    with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, str(study_dir), cfg_dict, asdict(s), threads): s
+                   for s in pending}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                res = future.result()
+            except CongenerError as exc:
+                raise type(exc)(f"run {spec.name}: {exc}") from exc
+            results.append((spec, res))
+            if on_done:
+                on_done(spec, res)
+    return results
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def run_study(cfg: StudyConfig, study_dir: str | Path, *,
+              log: Callable[[str], None] | None = None, on_done: RunDone | None = None,
+              on_epoch: Callable[[dict[str, float]], None] | None = None) -> Path:
+    """Run the whole study (data, source model, HPO, learning curve, temperature runs) and
+    write the report. Rerunning skips what is finished. Returns the path of report.md."""
+    from congener.studies.report import write_report
+    from congener.studies.run import train_source
+
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2, default=str))
+    say = log or (lambda _msg: None)
+    prepare_data(cfg, study_dir, workers=max(cfg.workers, _cores()), progress=say)
+    source = {}
+    if any(m != Mode.scratch for m in cfg.modes):
+        say(f"source model: {cfg.source.model or 'training on ' + str(cfg.source.data)}")
+        source = train_source(cfg, study_dir, callback=on_epoch)
+    pool = read_structures(study_dir / "data" / "target_pool.extxyz")
+    lrs = None
+    hpo = plan_hpo(cfg, pool)
+    if hpo:
+        say(f"learning-rate search: {len(hpo)} runs")
+        lrs = best_lrs(execute(cfg, study_dir, hpo, on_done=on_done))
+        say("chosen learning rates: " + ", ".join(f"{m}={lr:g}" for m, lr in lrs.items()))
+    specs = plan_runs(cfg, pool, lrs)
+    say(f"{len(specs)} runs ({cfg.workers} worker{'s' * (cfg.workers > 1)})")
+    results = execute(cfg, study_dir, specs, on_done=on_done)
+    return write_report(cfg, study_dir, results, source)

@@ -1,0 +1,178 @@
+"""Study results: a flat table, learning-curve and temperature plots, and `report.md`."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from congener.studies.config import RunSpec, StudyConfig
+
+COLUMNS = ("name", "kind", "mode", "size", "seed", "lr", "epochs", "seconds",
+           "energy_mae", "energy_rmse", "force_mae", "force_rmse", "val_force_mae")
+
+
+def rows(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One flat row per run (test errors in meV/atom and eV/Å)."""
+    out = []
+    for spec, res in results:
+        t = res["test"]
+        out.append({"name": spec.name, "kind": spec.kind, "mode": str(spec.mode),
+                    "size": spec.size, "seed": spec.seed, "lr": spec.lr, "epochs": res["epochs"],
+                    "seconds": round(res["seconds"], 1), "energy_mae": t["energy_mae"],
+                    "energy_rmse": t["energy_rmse"], "force_mae": t["force_mae"],
+                    "force_rmse": t["force_rmse"],
+                    "val_force_mae": res["val"].get("val_force_mae")})
+    return sorted(out, key=lambda r: (r["kind"], r["mode"], r["size"], r["seed"]))
+
+
+def write_csv(path: Path, table: Sequence[dict[str, Any]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(table)
+    return path
+
+
+def summary(table: Sequence[dict[str, Any]], kind: str = "curve"
+            ) -> dict[tuple[str, int], dict[str, tuple[float, float, int]]]:
+    """(mode, size) -> metric -> (mean, std over seeds, number of seeds)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in table:
+        if r["kind"] == kind:
+            groups[(r["mode"], r["size"])].append(r)
+    return {key: {m: (float(np.mean([r[m] for r in rs])), float(np.std([r[m] for r in rs])),
+                      len(rs)) for m in ("energy_mae", "force_mae", "seconds")}
+            for key, rs in sorted(groups.items())}
+
+
+def improvement(stats: dict, metric: str, base: str = "scratch", other: str = "transfer"
+                ) -> dict[int, float]:
+    """Relative reduction (%) of the mean `metric` of `other` against `base`, per size."""
+    sizes = sorted({s for (_, s) in stats})
+    return {s: 100 * (1 - stats[(other, s)][metric][0] / stats[(base, s)][metric][0])
+            for s in sizes if (base, s) in stats and (other, s) in stats}
+
+
+def plot_learning_curves(stats: dict, path: Path) -> Path:
+    """Energy and force MAE against training-set size, mean ± std over seeds, log-log."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in zip(axes, ("energy_mae", "force_mae"),
+                                 ("energy MAE (meV/atom)", "force MAE (eV/Å)"), strict=True):
+        for mode in sorted({m for (m, _) in stats}):
+            sizes = sorted(s for (m, s) in stats if m == mode)
+            mean = np.array([stats[(mode, s)][metric][0] for s in sizes])
+            std = np.array([stats[(mode, s)][metric][1] for s in sizes])
+            ax.errorbar(sizes, mean, yerr=std, marker="o", capsize=3, label=mode)
+        ax.set(xscale="log", yscale="log", xlabel="training structures", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_temperature(results: Sequence[tuple[RunSpec, dict[str, Any]]], path: Path) -> Path:
+    """Box plots of per-structure force MAE per test temperature, per mode and size."""
+    plt = _pyplot()
+    runs = [(s, r) for s, r in results if s.kind == "temperature"]
+    keys = sorted({(str(s.mode), s.size) for s, _ in runs}, key=lambda k: (k[1], k[0]))
+    temps = sorted({t for _, r in runs for t in r["temperatures"]})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(temps) * len(keys) / 2), 4))
+    width = 0.8 / max(len(keys), 1)
+    for k, key in enumerate(keys):
+        data = []
+        for t in temps:
+            vals = [v for s, r in runs if (str(s.mode), s.size) == key
+                    for v, tt in zip(r["per_structure_force_mae"], r["temperatures"],
+                                     strict=True) if tt == t]
+            data.append(vals or [np.nan])
+        pos = np.arange(len(temps)) + (k - (len(keys) - 1) / 2) * width
+        box = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True,
+                         showfliers=False)
+        color = plt.get_cmap("tab10")(k)
+        for patch in box["boxes"]:
+            patch.set_facecolor(color)
+        ax.plot([], [], color=color, lw=6, label=f"{key[0]}, {key[1]} samples")
+    ax.set_xticks(np.arange(len(temps)), [f"{t:.0f}" for t in temps])
+    ax.set(xlabel="test temperature (K)", ylabel="force MAE per structure (eV/Å)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def markdown_table(stats: dict) -> str:
+    """Mean ± std per (size, mode) with relative improvement of transfer over scratch."""
+    modes = sorted({m for (m, _) in stats})
+    sizes = sorted({s for (_, s) in stats})
+    head = "| size | " + " | ".join(f"{m} E (meV/atom) | {m} F (eV/Å)" for m in modes)
+    lines = [head + " |", "|---" * (1 + 2 * len(modes)) + "|"]
+    for s in sizes:
+        cells = []
+        for m in modes:
+            if (m, s) in stats:
+                e, f = stats[(m, s)]["energy_mae"], stats[(m, s)]["force_mae"]
+                cells += [f"{e[0]:.1f} ± {e[1]:.1f}", f"{f[0]:.3f} ± {f[1]:.3f}"]
+            else:
+                cells += ["", ""]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    if "scratch" in modes and "transfer" in modes:
+        de, df = improvement(stats, "energy_mae"), improvement(stats, "force_mae")
+        lines += ["", "| size | energy MAE reduction by transfer | force MAE reduction |",
+                  "|---|---|---|"]
+        lines += [f"| {s} | {de[s]:+.0f} % | {df[s]:+.0f} % |" for s in sorted(de)]
+    return "\n".join(lines)
+
+
+def write_report(cfg: StudyConfig, study_dir: Path,
+                 results: Sequence[tuple[RunSpec, dict[str, Any]]],
+                 source: dict[str, Any] | None = None, extra: str = "") -> Path:
+    """results.csv, learning_curves.png, temperature.png and report.md in `study_dir`."""
+    table = rows(results)
+    write_csv(study_dir / "results.csv", table)
+    stats = summary(table)
+    parts = [f"# congener study: {cfg.name}", "",
+             f"Target data `{cfg.target.data}`, source `{cfg.source.model or cfg.source.data}`,"
+             f" mapping {cfg.mapping}; sizes {list(cfg.sizes)}, seeds {list(cfg.seeds)}, "
+             f"modes {[str(m) for m in cfg.modes]}; DimeNet++ cutoff {cfg.model.cutoff} Å; "
+             f"losses: {'force matching' if cfg.train.force_only else 'energy + force'}.", ""]
+    if source:
+        v = source.get("val", {})
+        parts += [f"Source model: validation energy MAE {v.get('val_energy_mae', float('nan')):.1f}"
+                  f" meV/atom, force MAE {v.get('val_force_mae', float('nan')):.3f} eV/Å "
+                  f"({source.get('n_train')} structures, {source.get('seconds', 0):.0f} s).", ""]
+    if stats:
+        plot_learning_curves(stats, study_dir / "learning_curves.png")
+        parts += ["## Learning curve (test set, mean ± std over seeds)", "",
+                  markdown_table(stats), "", "![learning curves](learning_curves.png)", ""]
+    if any(s.kind == "temperature" for s, _ in results):
+        plot_temperature(results, study_dir / "temperature.png")
+        t_stats = summary(table, "temperature")
+        parts += ["## Temperature transferability", "",
+                  f"Trained on samples at one temperature ({cfg.temperature.temperature_K:.0f} K "
+                  "or the nearest available), tested at all temperatures.", "",
+                  markdown_table(t_stats), "", "![temperature](temperature.png)", ""]
+    if extra:
+        parts += [extra, ""]
+    parts += ["All runs: `results.csv`; each run's folder under `runs/` holds its config, "
+              "checkpoints and metrics."]
+    path = study_dir / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path

@@ -1,0 +1,102 @@
+"""One run of a study, self-contained so that it can execute in a worker process."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from congener.analysis.errors import breakdown, evaluate, force_mae_per_structure, metrics
+from congener.data.structures import elements_of, read_structures
+from congener.models.checkpoint import build_potential, load_potential
+from congener.models.potential import Potential
+from congener.studies.config import Mode, StudyConfig, config_from_dict, spec_from_dict
+from congener.training.config import TrainConfig
+from congener.training.data import LabelledSet
+from congener.training.trainer import fit
+from congener.training.transfer import freeze, lr_scales, map_species
+
+
+def source_model_path(cfg: StudyConfig, study_dir: Path) -> Path:
+    """Where the source model is (given by the config, or trained into `source/`)."""
+    return Path(cfg.source.model) if cfg.source.model else study_dir / "source" / "model.pt"
+
+
+def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, Any]:
+    """Train the source model on `data/source_*.extxyz` (skipped if already finished)."""
+    out = study_dir / "source"
+    done = out / "metrics.json"
+    if cfg.source.model or done.is_file():
+        return json.loads(done.read_text()) if done.is_file() else {}
+    train = read_structures(study_dir / "data" / "source_train.extxyz")
+    val = read_structures(study_dir / "data" / "source_val.extxyz")
+    torch.manual_seed(cfg.source_train.seed)
+    potential = build_potential(elements_of(train), cfg.model)
+    tset, vset = LabelledSet(train, cfg.model.cutoff), LabelledSet(val, cfg.model.cutoff)
+    tcfg = replace(cfg.source_train,
+                   val_every=max(1, cfg.source_train.epochs // cfg.budget.validations))
+    result = fit(potential, tset, vset, tcfg, run_dir=out, callback=callback,
+                 metadata={"mode": "source", "study": cfg.name})
+    final = metrics(evaluate(potential, vset))  # after the force-only energy refit
+    res = {"val": {"val_energy_mae": final["energy_mae"], "val_force_mae": final["force_mae"]},
+           "seconds": result.seconds, "epochs": len(result.history), "n_train": len(train)}
+    done.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def _initial_model(cfg: StudyConfig, mode: Mode, study_dir: Path, elements: list[str],
+                   seed: int) -> tuple[Potential, dict[str, float] | None, list[str]]:
+    torch.manual_seed(seed)
+    if mode == Mode.scratch:
+        return build_potential(elements, cfg.model), None, []
+    source = load_potential(source_model_path(cfg, study_dir))
+    potential = map_species(source, cfg.mapping, seed=seed)
+    if mode == Mode.frozen:
+        if cfg.soft_freeze is not None:
+            return potential, lr_scales(potential, cfg.freeze, cfg.soft_freeze), []
+        return potential, None, freeze(potential, cfg.freeze)
+    return potential, None, []
+
+
+def run_config(cfg: StudyConfig, size: int, seed: int, lr: float | None, threads: int
+               ) -> TrainConfig:
+    """The training configuration of one run: the study's base with a size-scaled budget."""
+    epochs = cfg.budget.epochs(size, cfg.train.batch_size)
+    return replace(cfg.train, seed=seed, epochs=epochs, threads=threads,
+                   lr=lr or cfg.train.lr, lr_final=cfg.train.lr_final * (lr or cfg.train.lr)
+                   / cfg.train.lr, val_every=max(1, math.ceil(epochs / cfg.budget.validations)))
+
+
+def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
+            threads: int = 0) -> dict[str, Any]:
+    """Train one run, evaluate it on the test set, write and return its metrics."""
+    root = Path(study_dir)
+    cfg, spec = config_from_dict(cfg_dict), spec_from_dict(spec_dict)
+    run_dir = root / "runs" / spec.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pool = read_structures(root / "data" / "target_pool.extxyz")
+    test = read_structures(root / "data" / "target_test.extxyz")
+    train = [pool[k] for k in spec.train_idx]
+    val = [pool[k] for k in spec.val_idx]
+    tcfg = run_config(cfg, spec.size, spec.seed, spec.lr, threads)
+    potential, scales, frozen = _initial_model(cfg, spec.mode, root, elements_of(pool), spec.seed)
+    (run_dir / "config.json").write_text(json.dumps(
+        {"run": asdict(spec), "train": asdict(tcfg), "model": asdict(cfg.model),
+         "frozen": frozen, "lr_scales": scales}, indent=2, default=str))
+    cutoff = potential.cutoff
+    result = fit(potential, LabelledSet(train, cutoff), LabelledSet(val, cutoff), tcfg,
+                 run_dir=run_dir, lr_scales=scales,
+                 metadata={"mode": str(spec.mode), "run": spec.name, "study": cfg.name})
+    ev = evaluate(potential, LabelledSet(test, cutoff, name="test set"))
+    res = {"run": asdict(spec) | {"mode": str(spec.mode)}, "test": metrics(ev),
+           "val": result.best_val, "epochs": len(result.history), "seconds": result.seconds,
+           "by_temperature": breakdown(ev, "temperature"),
+           "per_structure_force_mae": force_mae_per_structure(ev).tolist(),
+           "temperatures": np.nan_to_num(ev.temperatures, nan=-1).tolist()}
+    (run_dir / "metrics.json").write_text(json.dumps(res, indent=2))
+    return res
