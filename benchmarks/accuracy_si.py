@@ -1,0 +1,75 @@
+"""Accuracy of DimeNet++ on the Zuo et al. Si DFT data (surfaces excluded, its train/test split).
+
+Usage:
+    python benchmarks/accuracy_si.py --mode energy --epochs 300 -o bench-runs/si-energy
+    python benchmarks/accuracy_si.py --mode forces --epochs 300 -o bench-runs/si-forces
+
+Trains on training.json (minus a validation subset), evaluates test.json and prints a
+markdown row with test MAE/RMSE, per-group errors, and the wall time. Reads the data from
+../shared/data/mlearn (or --data). Resumable: rerun the same command to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from congener.analysis.errors import breakdown, evaluate, metrics
+from congener.data.mlearn import read_mlearn_splits
+from congener.data.split import random_split
+from congener.models.checkpoint import build_potential
+from congener.models.dimenet import DimeNetConfig
+from congener.training import LabelledSet, TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "mlearn"))
+    parser.add_argument("--element", default="Si")
+    parser.add_argument("--mode", choices=["energy", "forces"], default="energy")
+    parser.add_argument("--energy-weight", type=float, default=100.0)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr-final", type=float, default=3e-5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--val", type=int, default=10)
+    parser.add_argument("--cutoff", type=float, default=4.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", default=None)
+    args = parser.parse_args()
+    out = Path(args.output or f"bench-runs/{args.element.lower()}-{args.mode}")
+    splits = read_mlearn_splits(Path(args.data) / args.element, surfaces=False)
+    split = random_split(len(splits["train"]), val=args.val, seed=args.seed)
+    train = [splits["train"][k] for k in split.train]
+    val = [splits["train"][k] for k in split.val]
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      lr_final=args.lr_final, seed=args.seed,
+                      energy_weight=args.energy_weight if args.mode == "energy" else 0.0)
+    torch.manual_seed(args.seed)
+    pot = build_potential([args.element], DimeNetConfig(cutoff=args.cutoff))
+    tset, vset = LabelledSet(train, args.cutoff), LabelledSet(val, args.cutoff)
+    start = time.perf_counter()
+    result = fit(pot, tset, vset, cfg, run_dir=out,
+                 callback=lambda r: print(f"epoch {r['epoch']:4d} loss {r['train_loss']:.4g} "
+                                          f"val E {r['val_energy_mae']:.2f} meV/atom "
+                                          f"F {r['val_force_mae']:.4f} eV/Å", flush=True))
+    ev = evaluate(pot, splits["test"])
+    m = metrics(ev)
+    groups = breakdown(ev, "group")
+    (out / "test_metrics.json").write_text(json.dumps({"all": m, **groups}, indent=2))
+    print(f"\n| {args.element} {args.mode} | {len(train)} | {args.epochs} | "
+          f"{m['energy_mae']:.2f} | {m['energy_rmse']:.2f} | {m['force_mae']:.4f} | "
+          f"{m['force_rmse']:.4f} | {result.seconds / 60:.1f} min (this call "
+          f"{(time.perf_counter() - start) / 60:.1f}) |")
+    for g, gm in groups.items():
+        print(f"  {g:>10}: E MAE {gm['energy_mae']:.2f} meV/atom, F MAE {gm['force_mae']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
