@@ -36,6 +36,7 @@ def tiny(files, **kw):
         "train": {"batch_size": 2}, "source_train": {"epochs": 2, "batch_size": 4},
         "budget": {"updates": 2, "min_epochs": 1, "max_epochs": 2, "validations": 2},
         "temperature": {"temperature_K": 2000, "sizes": [1]},
+        "phonons": None, "md": None,
     }
     values.update(kw)
     return study_config(values)
@@ -59,10 +60,16 @@ def test_nested_training_sets_and_shared_validation(files):
 
 
 def test_study_runs_resumes_and_reports(files, tmp_path):
-    cfg = tiny(files, seeds=[0])
+    cfg = tiny(files, seeds=[0], phonons={"runs": "curve", "size": 1, "reference": "largest"},
+               md={"sizes": [1], "trajectories": 2, "steps": 6, "sample_every": 2})
     report = run_study(cfg, tmp_path / "study")
     text = report.read_text()
     assert "Learning curve" in text and "Temperature transferability" in text
+    assert "Phonon density of states" in text and "| scratch | 1 |" in text
+    assert (tmp_path / "study" / "validation" / "phonons").is_dir()
+    md = json.loads((tmp_path / "study" / "validation" / "md" / "transfer-n1-s0.json")
+                    .read_text())
+    assert md["summary"]["total"] == 2
     assert (tmp_path / "study" / "learning_curves.png").stat().st_size > 10_000
     lines = (tmp_path / "study" / "results.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 2 * 3 + 3  # header, curve runs (2 sizes x 3 modes), temperature

@@ -18,6 +18,8 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     soft_freeze: null             # a factor: `frozen` mode scales instead of freezing
     temperature: {temperature_K: 2000, sizes: [1, 10]}  # transferability runs (optional)
     hpo: {size: 10, lr: [0.001, 0.003]}                 # per-mode lr search (optional)
+    phonons: {runs: temperature, size: 1, reference: sw}  # DOS stage (null: off)
+    md: {sizes: [1], trajectories: 2, temperature_K: 1200, timestep_fs: 0.5, steps: 1000}
     workers: 1
 
 Data specifications: `sw:<El>` generates Stillinger-Weber data (quick preset, overridable
@@ -87,6 +89,30 @@ class HPOSpec:
 
 
 @dataclass(frozen=True)
+class PhononStage:
+    """Phonon DOS of the models of one kind of run and size, against a reference:
+    `sw` (exact Stillinger-Weber through LAMMPS), `largest` (the largest transfer model of the
+    learning curve) or a model path."""
+
+    runs: str = "temperature"
+    size: int = 1
+    reference: str = "sw"
+
+
+@dataclass(frozen=True)
+class MDStage:
+    """NVT MD of the learning-curve models of the given sizes from the hottest structure."""
+
+    sizes: tuple[int, ...] = (1,)
+    trajectories: int = 2
+    temperature_K: float = 1200.0
+    timestep_fs: float = 0.5
+    steps: int = 1000
+    friction_per_ps: float = 1.0
+    sample_every: int = 20
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "sw-si-ge"
     target: TargetSpec = field(default_factory=TargetSpec)
@@ -105,6 +131,8 @@ class StudyConfig:
     soft_freeze: float | None = None
     temperature: TemperatureSpec | None = field(default_factory=TemperatureSpec)
     hpo: HPOSpec | None = None
+    phonons: PhononStage | None = field(default_factory=PhononStage)
+    md: MDStage | None = field(default_factory=MDStage)
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -128,7 +156,8 @@ class StudyConfig:
 
 _SECTIONS = {"target": TargetSpec, "source": SourceSpec, "budget": Budget,
              "model": DimeNetConfig, "train": TrainConfig, "source_train": TrainConfig,
-             "temperature": TemperatureSpec, "hpo": HPOSpec}
+             "temperature": TemperatureSpec, "hpo": HPOSpec, "phonons": PhononStage,
+             "md": MDStage}
 
 
 def study_config(values: dict[str, Any] | None = None) -> StudyConfig:
@@ -142,7 +171,7 @@ def study_config(values: dict[str, Any] | None = None) -> StudyConfig:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key in _SECTIONS:
-            if value is None and key in ("temperature", "hpo"):
+            if value is None and key in ("temperature", "hpo", "phonons", "md"):
                 kwargs[key] = None
                 continue
             if not isinstance(value, dict):

@@ -204,4 +204,14 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
     specs = plan_runs(cfg, pool, lrs)
     say(f"{len(specs)} runs ({cfg.workers} worker{'s' * (cfg.workers > 1)})")
     results = execute(cfg, study_dir, specs, on_done=on_done)
-    return write_report(cfg, study_dir, results, source)
+    write_report(cfg, study_dir, results, source)  # test errors first, stages may take long
+    sections = []
+    if cfg.phonons is not None:
+        from congener.studies.validation import phonon_stage
+
+        sections.append(phonon_stage(cfg, study_dir, results, say))
+    if cfg.md is not None:
+        from congener.studies.validation import md_stage
+
+        sections.append(md_stage(cfg, study_dir, results, say))
+    return write_report(cfg, study_dir, results, source, extra="\n".join(sections))

@@ -1,0 +1,187 @@
+"""Study stages beyond test errors: phonon DOS and MD (stability, RDF/ADF) of the study's models.
+
+Both stages read the trained runs of a study, write their results under `validation/` (one
+file per model, so they resume like the runs do) and return a markdown section for
+`report.md`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from congener.analysis.md import run_md
+from congener.analysis.phonons import PhononDOS, dos_distance, phonon_dos
+from congener.analysis.plots import plot_dos, plot_structure
+from congener.analysis.stability import (
+    format_stability_table,
+    stability_records,
+    stability_summary,
+    stability_table,
+)
+from congener.analysis.structure import LIQUID_GE_1273K, StructureStats, structure_stats
+from congener.calculator import CongenerCalculator
+from congener.data.structures import read_structures
+from congener.errors import ConfigError, CongenerError
+from congener.models.checkpoint import load_potential
+from congener.studies.config import MDStage, PhononStage, RunSpec, StudyConfig
+
+Log = Callable[[str], None]
+
+
+def _model(study_dir: Path, spec: RunSpec) -> Path:
+    return study_dir / "runs" / spec.name / "model.pt"
+
+
+def _reference_calc(stage: PhononStage, cfg: StudyConfig, study_dir: Path,
+                    results: Sequence[tuple[RunSpec, dict]]):
+    """The DOS reference: exact SW (LAMMPS), a given model, or the largest transfer model."""
+    target = next(iter(cfg.mapping.values()))
+    if stage.reference == "sw":
+        if not cfg.target.data.startswith("sw:"):
+            raise ConfigError("phonons.reference 'sw' needs Stillinger-Weber target data")
+        from congener.data.lammps_sw import LammpsSWCalculator
+
+        return f"SW-{target} (exact, LAMMPS)", LammpsSWCalculator(target)
+    if stage.reference == "largest":
+        curve = [s for s, _ in results if s.kind == "curve" and str(s.mode) == "transfer"]
+        if not curve:
+            raise ConfigError("phonons.reference 'largest' needs transfer runs")
+        best = max(curve, key=lambda s: (s.size, -s.seed))
+        return f"{best.name} (reference)", CongenerCalculator.from_checkpoint(
+            _model(study_dir, best), device="cpu")
+    return Path(stage.reference).name, CongenerCalculator.from_checkpoint(stage.reference,
+                                                                          device="cpu")
+
+
+def _dos_cached(path: Path, compute: Callable[[], PhononDOS]) -> PhononDOS:
+    if path.is_file():
+        d = json.loads(path.read_text())
+        return PhononDOS(**{k: np.asarray(v) if isinstance(v, list) else v
+                            for k, v in d.items()})
+    dos = compute()
+    path.write_text(json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v
+                                for k, v in asdict(dos).items()}))
+    return dos
+
+
+def phonon_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict]],
+                 log: Log | None = None) -> str:
+    """DOS of the selected runs against the reference; overlay plot and distances."""
+    stage = cfg.phonons
+    out = study_dir / "validation" / "phonons"
+    out.mkdir(parents=True, exist_ok=True)
+    target = next(iter(cfg.mapping.values()))
+    chosen = [s for s, _ in results if s.kind == stage.runs and s.size == stage.size]
+    if not chosen:
+        return f"## Phonon DOS\n\nNo {stage.runs} runs of size {stage.size} to analyse.\n"
+    name, ref_calc = _reference_calc(stage, cfg, study_dir, results)
+    if log:
+        log(f"phonon DOS: {len(chosen)} models against {name}")
+    try:
+        ref = _dos_cached(out / "reference.json", lambda: phonon_dos(ref_calc, target))
+    except CongenerError as exc:
+        return f"## Phonon density of states\n\nReference {name} failed: {exc}\n"
+    curves: dict[str, PhononDOS] = {}
+    lines = ["| model | mode | DOS distance to reference | lattice (Å) |", "|---|---|---|---|"]
+    distances: dict[str, list[float]] = {}
+    for spec in chosen:
+        calc = CongenerCalculator.from_checkpoint(_model(study_dir, spec), device="cpu")
+        try:
+            dos = _dos_cached(out / f"{spec.name}.json", lambda c=calc: phonon_dos(c, target))
+        except CongenerError as exc:  # e.g. no energy minimum near the diamond lattice
+            lines.append(f"| {spec.name} | {spec.mode} | failed: {exc} | |")
+            distances.setdefault(str(spec.mode), []).append(float("nan"))
+            continue
+        d = dos_distance(dos, ref)
+        distances.setdefault(str(spec.mode), []).append(d)
+        curves[spec.name] = dos
+        lines.append(f"| {spec.name} | {spec.mode} | {d:.3f} | {dos.lattice_A:.3f} |")
+    plot_dos(curves, out / "dos.png", reference=(name, ref))  # failed models are left out
+    mean = ", ".join(f"{m} {np.nanmean(v):.3f} ± {np.nanstd(v):.3f} ({np.isnan(v).sum()} "
+                     "failed)" for m, v in distances.items() if not np.isnan(v).all())
+    return "\n".join([
+        "## Phonon density of states", "",
+        f"Models trained on {stage.size} sample(s) ({stage.runs} runs) against {name}; "
+        "distance = ∫|g_model − g_ref| dν of unit-area DOS (0 = identical, 2 = disjoint).",
+        f"Mean distance per mode: {mean}.", "", *lines, "",
+        "![phonon DOS](validation/phonons/dos.png)", ""])
+
+
+def _start_structure(study_dir: Path, stage: MDStage):
+    pool = read_structures(study_dir / "data" / "target_pool.extxyz")
+    temps = np.array([float(a.info.get("temperature", -1.0)) for a in pool])
+    return pool[int(np.argmax(temps))]  # the hottest (liquid) structure of the data set
+
+
+def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict]],
+             log: Log | None = None) -> str:
+    """NVT MD of each selected model from a liquid structure; stability table and RDF/ADF."""
+    stage = cfg.md
+    out = study_dir / "validation" / "md"
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [s for s, _ in results if s.kind == "curve" and s.size in stage.sizes]
+    start = _start_structure(study_dir, stage)
+    records, frames_by_key = [], {}
+    for k, spec in enumerate(chosen):
+        path = out / f"{spec.name}.json"
+        if not path.is_file():
+            if log:
+                log(f"MD {k + 1}/{len(chosen)}: {spec.name}, {stage.trajectories} trajectories, "
+                    f"{stage.steps} steps")
+            potential = load_potential(_model(study_dir, spec))
+            res = run_md(potential, [start] * stage.trajectories,
+                         temperature_K=stage.temperature_K, timestep_fs=stage.timestep_fs,
+                         steps=stage.steps, friction_per_ps=stage.friction_per_ps,
+                         seed=spec.seed, sample_every=stage.sample_every)
+            frames = [[f.positions.tolist() for f in t.frames(stage.steps // 2)]
+                      for t in res.trajectories if t.stable]
+            summary = stability_summary(res)
+            path.write_text(json.dumps({"summary": summary, "frames": frames,
+                                        "records": [asdict(r) for r in stability_records(
+                                            res, mode=str(spec.mode), size=spec.size)]}))
+        saved = json.loads(path.read_text())
+        records += [_record(r) for r in saved["records"]]
+        key = f"{spec.mode}, {spec.size}"
+        frames_by_key.setdefault(key, []).extend(
+            [_atoms(start, f) for f in traj] for traj in saved["frames"])
+    table = format_stability_table(stability_table(records))
+    stats: dict[str, StructureStats] = {k: structure_stats(v) for k, v in frames_by_key.items()
+                                        if any(len(t) for t in v)}
+    experiment = LIQUID_GE_1273K if next(iter(cfg.mapping.values())) == "Ge" else None
+    if stats:
+        plot_structure(stats, out / "rdf_adf.png", experiment=experiment)
+    rows = [f"| {k} | {s.peak_A[0]:.3f} ± {s.peak_A[1]:.3f} | "
+            f"{s.coordination[0]:.2f} ± {s.coordination[1]:.2f} | {s.n_trajectories} |"
+            for k, s in stats.items()]
+    exp = (f" Experiment (liquid Ge, {experiment.temperature_K:g} K): first peak "
+           f"{experiment.peak_A} ± {experiment.peak_error_A} Å, coordination "
+           f"{experiment.coordination}." if experiment else "")
+    return "\n".join([
+        "## Molecular dynamics: stability and liquid structure", "",
+        f"NVT Langevin at {stage.temperature_K:g} K, {stage.timestep_fs:g} fs, friction "
+        f"{stage.friction_per_ps:g}/ps, {stage.steps} steps "
+        f"({stage.steps * stage.timestep_fs / 1000:g} ps), {stage.trajectories} trajectories "
+        "per model from the hottest structure of the data set. Stable: no NaN, no atom pair "
+        "closer than 2.0 Å, temperature below 5× the target.", "", table, "",
+        "| models | first g(r) peak (Å) | coordination | trajectories |", "|---|---|---|---|",
+        *rows, "", f"RDF/ADF averaged over the second half of each stable trajectory.{exp}",
+        "", "![RDF and ADF](validation/md/rdf_adf.png)" if stats else "", ""])
+
+
+def _record(values: dict[str, Any]):
+    from congener.analysis.stability import StabilityRecord
+
+    return StabilityRecord(**values)
+
+
+def _atoms(template, positions):
+    atoms = template.copy()
+    atoms.calc = None
+    atoms.positions = np.asarray(positions)
+    return atoms
