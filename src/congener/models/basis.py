@@ -91,11 +91,123 @@ def legendre(num: int, c: Tensor) -> Tensor:
     return torch.stack(out[:num], dim=-1)
 
 
+def _envelope_terms(exponent: int) -> list[tuple[float, int]]:
+    """The envelope as (coefficient, power) monomials, for x < 1."""
+    p = exponent + 1
+    return [(1.0, -1), (-(p + 1) * (p + 2) / 2, p - 1), (float(p * (p + 2)), p),
+            (-p * (p + 1) / 2, p + 1)]
+
+
+class _RadialState:
+    """j_l(z_ln x), its y-derivatives and the envelope's x-derivatives for one set of
+    distances, in float64, computed once and extended on demand (any derivative order).
+
+    Values: upward recurrence where y >= max(0.5, l/2), else the 8-term power series (as
+    `spherical_jn`); first derivative j_l' = j_{l-1} - (l+1)/y j_l (j_{-1} = cos y / y) or the
+    series' derivative; higher ones from the Bessel equation y^2 j'' + 2y j' + (y^2 - l(l+1)) j
+    = 0 differentiated m times.
+    """
+
+    def __init__(self, basis: SphericalBasis, dist: Tensor) -> None:
+        self.basis = basis
+        x = dist.detach().to(torch.float64) / basis.cutoff
+        self.x = x
+        zeros = basis.zeros  # [L, R]
+        n_l = zeros.shape[0]
+        y = x[:, None, None] * zeros  # [E, L, R]
+        self.y = y
+        r = y.reciprocal()
+        cos = torch.cos(y)
+        jp = torch.sin(y).mul_(r)  # j0
+        jc = (jp - cos).mul_(r)  # j1
+        j = torch.empty_like(y)
+        jm1 = torch.empty_like(y)
+        j[:, 0], jm1[:, 0] = jp[:, 0], cos[:, 0] * r[:, 0]
+        if n_l > 1:
+            j[:, 1:], jm1[:, 1:] = jc[:, 1:], jp[:, 1:]
+        for n in range(1, n_l - 1):  # j_{n+1} = (2n+1)/y j_n - j_{n-1} on columns l > n
+            sl = slice(n + 1, None)
+            new = jp[:, sl].neg_().addcmul_(r[:, sl], jc[:, sl], value=2 * n + 1)
+            j[:, sl], jm1[:, sl] = new, jc[:, sl]
+            jp, jc = jc, jp
+        lp1 = torch.arange(1, n_l + 1, dtype=y.dtype, device=y.device)[:, None]
+        jd = torch.addcmul(jm1, r * lp1, j, value=-1.0)
+        small = y < basis.thresholds
+        if bool(small.any()):
+            idx = small.nonzero(as_tuple=True)
+            ys = y[idx]
+            order = idx[1].to(y.dtype)
+            term = ys.pow(order) / basis.double_factorials.index_select(0, idx[1])
+            series, dseries = term.clone(), term * order / ys
+            for m in range(7):
+                term = term * (-0.5 * ys * ys) / ((m + 1) * (2 * order + 2 * m + 3))
+                series += term
+                dseries += term * (order + 2 * m + 2) / ys
+            j[idx], jd[idx] = series, dseries
+        self.j = [j, jd]  # d^m j_l / dy^m
+        self.env: dict[int, Tensor] = {}
+
+    def j_derivative(self, m: int) -> Tensor:
+        while len(self.j) <= m:
+            k = len(self.j) - 2  # compute j^(k+2) from the equation differentiated k times
+            y, j = self.y, self.j
+            ll = self.basis.l_times_l1  # [L, 1]
+            acc = (2 * k + 2) * y * j[k + 1] + (k * (k + 1) - ll + y * y) * j[k]
+            if k >= 1:
+                acc = acc + 2 * k * y * j[k - 1]
+            if k >= 2:
+                acc = acc + k * (k - 1) * j[k - 2]
+            j.append(-acc / (y * y))
+        return self.j[m]
+
+    def envelope_derivative(self, k: int) -> Tensor:
+        if k not in self.env:
+            x = self.x
+            out = torch.zeros_like(x)
+            for coef, power in _envelope_terms(self.basis.envelope_exponent):
+                c = coef * math.prod(range(power - k + 1, power + 1)) if k else coef
+                if c != 0.0:
+                    out += c * x.pow(power - k)
+            self.env[k] = torch.where(x < 1.0, out, torch.zeros_like(x))
+        return self.env[k]
+
+    def derivative(self, k: int, dtype: torch.dtype) -> Tensor:
+        """d^k/dd^k of norm * j_l(z_ln d/c) * envelope(d/c): [E, L, R]."""
+        zeros = self.basis.zeros
+        out = torch.zeros_like(self.y)
+        for m in range(k + 1):
+            factor = math.comb(k, m) * zeros.pow(m) if m else torch.ones_like(zeros)
+            env = self.envelope_derivative(k - m)[:, None, None]
+            out += factor * self.j_derivative(m) * env
+        out *= self.basis.norm * self.basis.cutoff ** (-k)
+        return out.to(dtype)
+
+
+class _RadialDerivative(torch.autograd.Function):
+    """k-th distance derivative of the spherical radial basis, differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, dist: Tensor, order: int, state: _RadialState) -> Tensor:
+        ctx.order, ctx.state = order, state
+        ctx.save_for_backward(dist)
+        return state.derivative(order, dist.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        (dist,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        nxt = _RadialDerivative.apply(dist, ctx.order + 1, ctx.state)
+        return (grad * nxt).sum((1, 2)), None, None
+
+
 class SphericalBasis(nn.Module):
     """DimeNet's 2D basis: radial part per edge [E, L, R] and angular part per triplet [T, L].
 
     The full basis a_{ln}(d_kj, angle) = rbf[kj, l, n] * cbf[t, l] is never materialised:
     DimeNet++ projects it linearly, so the projection is applied to the radial factor first.
+    The radial part is computed in float64 without autograd; its distance derivatives (any
+    order, as forces and force training need) are evaluated in closed form (`_RadialState`).
     """
 
     def __init__(self, num_spherical: int, num_radial: int, cutoff: float,
@@ -111,9 +223,21 @@ class SphericalBasis(nn.Module):
         self.register_buffer("zeros", torch.tensor(zeros, dtype=torch.float64))
         self.register_buffer("norm", torch.tensor(norm, dtype=torch.float64))
         self.register_buffer("ynorm", torch.tensor(ynorm, dtype=torch.float64))
+        ls = np.arange(num_spherical)
+        # constants of the radial evaluation (not saved in checkpoints)
+        self.register_buffer("thresholds", torch.tensor(np.maximum(0.5, ls / 2)[:, None]),
+                             persistent=False)
+        self.register_buffer("double_factorials", torch.tensor(
+            [float(np.prod(np.arange(1, 2 * l + 2, 2))) for l in ls]), persistent=False)
+        self.register_buffer("l_times_l1", torch.tensor((ls * (ls + 1.0))[:, None]),
+                             persistent=False)
 
     def radial(self, dist: Tensor) -> Tensor:
         """dist [E] (Å) -> normalised j_l(z_ln d/c) * envelope, [E, L, R] (computed in float64)."""
+        return _RadialDerivative.apply(dist, 0, _RadialState(self, dist))
+
+    def radial_reference(self, dist: Tensor) -> Tensor:
+        """`radial` written with plain autograd ops (slow; a test oracle)."""
         x = (dist.to(torch.float64) / self.cutoff).unsqueeze(-1)  # [E,1]
         env = envelope(x, self.envelope_exponent).unsqueeze(-1)  # [E,1,1]
         parts = [spherical_jn(l, self.zeros[l] * x) for l in range(self.num_spherical)]

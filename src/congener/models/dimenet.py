@@ -12,6 +12,7 @@ reformulations for speed on a CPU:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -54,6 +55,140 @@ def _swish(x: Tensor) -> Tensor:
     return F.silu(x)
 
 
+def _rank_within(keys: Tensor, n: int) -> Tensor:
+    """Position of each element among those with the same key, in index order: [len(keys)]."""
+    count = torch.bincount(keys, minlength=n)
+    start = torch.cumsum(count, 0) - count
+    order = torch.argsort(keys, stable=True)
+    rank = torch.empty_like(keys)
+    first = start.index_select(0, keys.index_select(0, order))
+    rank[order] = torch.arange(keys.numel(), device=keys.device) - first
+    return rank
+
+
+class _AngularState:
+    """Y_l^0 of the triplet angles on the padded per-atom blocks, and its cos-derivatives.
+
+    cos [N, D_in, D_out]; outputs [N, D_in, L, D_out], zero where (ji, kj) is no triplet.
+    P_l^(k) from P^(k)_{n+1} = P^(k)_{n-1} + (2n+1) P^(k-1)_n; the mask scales every
+    recurrence (they are linear), so no separate multiplication by it is needed.
+    """
+
+    def __init__(self, cos: Tensor, mask: Tensor, ynorm: Tensor) -> None:
+        self.c = cos.detach().clamp(-1.0, 1.0)
+        inside = (cos.detach().abs() <= 1.0).to(cos.dtype)  # clamp's derivative
+        self.start = [mask, mask * inside]  # P_0 of order 0, P_1' (weights of later orders)
+        self.ynorm = ynorm.to(cos.dtype).view(-1, 1)
+        self.num = ynorm.shape[0]
+        self.p: list[list[Tensor]] = []
+
+    def _order(self, k: int) -> list[Tensor]:
+        while len(self.p) <= k:
+            order, c, num = len(self.p), self.c, self.num
+            if order == 0:
+                p = [self.start[0], self.start[0] * c]
+                for n in range(1, num - 1):
+                    p.append(((2 * n + 1) * c * p[n] - n * p[n - 1]) / (n + 1))
+            else:
+                prev = self.p[order - 1]
+                zero = torch.zeros_like(c)
+                p = [zero, self.start[1] if order == 1 else zero]
+                for n in range(1, num - 1):
+                    p.append(p[n - 1] + (2 * n + 1) * prev[n])
+            self.p.append(p[:num])
+        return self.p[k]
+
+    def derivative(self, k: int) -> Tensor:
+        out = torch.stack(self._order(k), dim=2)  # [N, D_in, L, D_out]
+        return out.mul_(self.ynorm)
+
+
+class _AngularDerivative(torch.autograd.Function):
+    """k-th cos-derivative of the masked angular basis, differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, cos: Tensor, order: int, state: _AngularState) -> Tensor:
+        ctx.order, ctx.state = order, state
+        ctx.save_for_backward(cos)
+        return state.derivative(order)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        (cos,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        nxt = _AngularDerivative.apply(cos, ctx.order + 1, ctx.state)
+        return (grad * nxt).sum(2), None, None
+
+
+class _Triplets:
+    """Triplets as dense per-atom blocks: for atom j, rows = edges ji into j, columns = edges
+    kj out of j, padded to D = the largest degree.
+
+    The triplet sum agg[ji] = sum_{t: ji} sum_l cbf[t, l] h[kj, l, :] is then one batched
+    matmul per block, [N, D, L*D] @ [N, L*D, C], with cbf zero where (ji, kj) is no triplet
+    (k = i, padding). The angles come from a batched Gram matrix of unit edge vectors.
+    """
+
+    def __init__(self, graph: Graph, n_atoms: int) -> None:
+        i, j = graph.edge_index[0], graph.edge_index[1]
+        n_edges, dev = i.numel(), i.device
+        self.n_atoms, self.n_edges = n_atoms, n_edges
+        out_pos, in_pos = _rank_within(i, n_atoms), _rank_within(j, n_atoms)
+        deg = max(int(out_pos.max()) + 1, int(in_pos.max()) + 1) if n_edges else 1
+        self.deg = deg
+        self.out_slot, self.in_slot = i * deg + out_pos, j * deg + in_pos  # [E]
+        # padded slot -> edge (n_edges = a zero row appended to the gathered tensor)
+        self.out_gather = torch.full((n_atoms * deg,), n_edges, dtype=torch.long, device=dev)
+        self.out_gather[self.out_slot] = torch.arange(n_edges, device=dev)
+        self.in_gather = torch.full((n_atoms * deg,), n_edges, dtype=torch.long, device=dev)
+        self.in_gather[self.in_slot] = torch.arange(n_edges, device=dev)
+        self.out_identity = n_atoms * deg == n_edges and bool(
+            (self.out_gather == torch.arange(n_edges, device=dev)).all())
+        kj, ji = graph.triplet_kj, graph.triplet_ji
+        cell = (j.index_select(0, ji) * deg + in_pos.index_select(0, ji)) * deg \
+            + out_pos.index_select(0, kj)
+        self.mask = torch.zeros(n_atoms * deg * deg, device=dev)
+        self.mask[cell] = 1.0
+        self.mask = self.mask.view(n_atoms, deg, deg)
+        self.cbf: Tensor | None = None
+
+    def pad_out(self, x: Tensor) -> Tensor:
+        """[E, ...] per edge kj -> [N, D, ...], zero-padded."""
+        if self.out_identity:
+            return x.reshape(self.n_atoms, self.deg, *x.shape[1:])
+        flat = x.reshape(self.n_edges, math.prod(x.shape[1:]))
+        flat = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])
+        return flat.index_select(0, self.out_gather).view(self.n_atoms, self.deg, *x.shape[1:])
+
+    def pad_in(self, x: Tensor) -> Tensor:
+        """[E, ...] per edge ji -> [N, D, ...], zero-padded."""
+        flat = x.reshape(self.n_edges, math.prod(x.shape[1:]))
+        flat = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])
+        return flat.index_select(0, self.in_gather).view(self.n_atoms, self.deg, *x.shape[1:])
+
+    def set_angles(self, unit: Tensor, sbf: SphericalBasis) -> None:
+        """unit [E, 3]: edge directions. cos of the angle at j between j->i and j->k."""
+        u_out, u_in = self.pad_out(unit), self.pad_in(unit)
+        cos = -torch.bmm(u_in, u_out.transpose(1, 2))  # [N, D_in, D_out]
+        state = _AngularState(cos, self.mask.to(unit.dtype), sbf.ynorm)
+        cbf = _AngularDerivative.apply(cos, 0, state)  # [N, D_in, L, D_out]
+        self.cbf = cbf.view(self.n_atoms, self.deg, -1)
+
+    def radial(self, rad: Tensor) -> Tensor:
+        """[E, L, R] per edge kj -> [N, L, D_out, R] (once per forward, for `aggregate`)."""
+        return self.pad_out(rad).transpose(1, 2).contiguous()
+
+    def aggregate(self, sbf: Tensor, x_kj: Tensor) -> Tensor:
+        """sbf [N, L, D_out, C] * x_kj [E, C] per edge kj, summed over triplets into edge ji:
+        [E, C]."""
+        assert self.cbf is not None
+        c = x_kj.shape[-1]
+        h = sbf * self.pad_out(x_kj).unsqueeze(1)  # [N, L, D_out, C]
+        agg = torch.bmm(self.cbf, h.view(self.n_atoms, -1, c))  # [N, D_in, C]
+        return agg.view(-1, c).index_select(0, self.in_slot)
+
+
 class _Residual(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -93,18 +228,17 @@ class _Interaction(nn.Module):
         self.lin = nn.Linear(h, h)
         self.after_skip = nn.Sequential(*[_Residual(h) for _ in range(cfg.num_after_skip)])
 
-    def forward(self, m: Tensor, rbf: Tensor, sbf_rad: Tensor, cbf: Tensor, kj: Tensor,
-                ji: Tensor) -> Tensor:
+    def sbf_kernel(self) -> Tensor:
+        """lin_sbf2 . lin_sbf1 as one map of the radial factor: [L, R, int_emb]."""
+        w = self.lin_sbf1.weight.view(self.basis_emb, self.num_spherical, self.num_radial)
+        return torch.einsum("blr,cb->lrc", w, self.lin_sbf2.weight)
+
+    def forward(self, m: Tensor, rbf: Tensor, rad: Tensor, tri: _Triplets) -> Tensor:
+        """rad [N, L, D, R]: the spherical radial factor of edges kj, padded per atom."""
         x_ji = _swish(self.lin_ji(m))
         x_kj = _swish(self.lin_kj(m)) * self.lin_rbf2(self.lin_rbf1(rbf))
         x_kj = _swish(self.lin_down(x_kj))  # [E, int_emb]
-        # lin_sbf1 applied to the radial factor first: [E, L, R] x [b, L, R] -> [E, L, b]
-        w = self.lin_sbf1.weight.view(self.basis_emb, self.num_spherical, self.num_radial)
-        rad = torch.einsum("elr,blr->elb", sbf_rad, w).reshape(m.shape[0], w.shape[0] * w.shape[1])
-        rad_t = rad.index_select(0, kj).view(-1, self.num_spherical, self.basis_emb)
-        sbf = self.lin_sbf2(torch.einsum("tl,tlb->tb", cbf, rad_t))  # [T, int_emb]
-        msg = x_kj.index_select(0, kj) * sbf
-        agg = torch.zeros_like(x_kj).index_add_(0, ji, msg)
+        agg = tri.aggregate(torch.matmul(rad, self.sbf_kernel()), x_kj)
         h = x_ji + _swish(self.lin_up(agg))
         h = self.before_skip(h)
         h = _swish(self.lin(h)) + m
@@ -150,19 +284,16 @@ class DimeNetPP(nn.Module):
     def forward(self, graph: Graph, positions: Tensor, cell: Tensor) -> Tensor:
         """Per-atom energies [N] for the given (differentiable) positions [N,3] and cell [B,3,3]."""
         i, j = graph.edge_index[0], graph.edge_index[1]
+        n = positions.shape[0]
         vec = graph.edge_vectors(positions, cell)  # [E,3], x_j - x_i
         dist = vec.norm(dim=-1)
-        kj, ji = graph.triplet_kj, graph.triplet_ji
-        # angle at j between j->i (= -vec_ji) and j->k (= vec_kj)
-        v_ji, v_kj = vec.index_select(0, ji), vec.index_select(0, kj)
-        cos = -(v_ji * v_kj).sum(-1) / (dist.index_select(0, ji) * dist.index_select(0, kj))
+        tri = _Triplets(graph, n)
+        tri.set_angles(vec / dist.unsqueeze(-1), self.sbf)
         rbf = self.rbf(dist)
-        sbf_rad = self.sbf.radial(dist)
-        cbf = self.sbf.angular(cos.clamp(-1.0, 1.0))
-        n = positions.shape[0]
+        rad = tri.radial(self.sbf.radial(dist))  # [N, L, D, R]
         m = self.embedding(graph.species, rbf, i, j)
         energy = self.outputs[0](m, rbf, i, n)
         for interaction, output in zip(self.interactions, self.outputs[1:], strict=True):
-            m = interaction(m, rbf, sbf_rad, cbf, kj, ji)
+            m = interaction(m, rbf, rad, tri)
             energy = energy + output(m, rbf, i, n)
         return energy
