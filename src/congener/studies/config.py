@@ -7,19 +7,19 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     target: {data: "sw:Ge", test: null, test_size: 40, val_size: 5}
     source: {data: "sw:Si", model: null, val_size: 10}
     mapping: {Si: Ge}
-    sizes: [1, 3, 10, 30]
+    sizes: [1, 10, 50]
     seeds: [0, 1, 2]
     modes: [scratch, transfer]
-    budget: {updates: 300, min_epochs: 10, max_epochs: 300, validations: 30}
+    budget: {updates: 150, min_epochs: 5, max_epochs: 150, validations: 15}
     model: {cutoff: 4.3}          # DimeNetConfig fields
     train: {lr: 0.001, ...}       # TrainConfig fields (the base of every run)
-    source_train: {epochs: 40}    # TrainConfig overrides for the source model
+    source_train: {epochs: 25}    # TrainConfig overrides for the source model
     freeze: [embedding, interaction:0]   # used by the `frozen` mode
     soft_freeze: null             # a factor: `frozen` mode scales instead of freezing
-    temperature: {temperature_K: 2000, sizes: [1, 10]}  # transferability runs (optional)
+    temperature: {temperature_K: 2000, sizes: [1]}  # transferability runs (optional)
     hpo: {size: 10, lr: [0.001, 0.003]}                 # per-mode lr search (optional)
     phonons: {runs: temperature, size: 1, reference: sw}  # DOS stage (null: off)
-    md: {sizes: [1], trajectories: 2, temperature_K: 1200, timestep_fs: 0.5, steps: 1000}
+    md: {sizes: [10], trajectories: 2, temperature_K: 1200, timestep_fs: 0.5, steps: 400}
     workers: 1
 
 Data specifications: `sw:<El>` generates Stillinger-Weber data (quick preset, overridable
@@ -66,10 +66,10 @@ class SourceSpec:
 class Budget:
     """Optimizer updates per run, converted to epochs per training-set size."""
 
-    updates: int = 300
-    min_epochs: int = 10
-    max_epochs: int = 300
-    validations: int = 30  # validations per run (validation every epochs/validations)
+    updates: int = 150
+    min_epochs: int = 5
+    max_epochs: int = 150
+    validations: int = 15  # validations per run (validation every epochs/validations)
 
     def epochs(self, size: int, batch_size: int) -> int:
         per_epoch = -(-size // batch_size)
@@ -79,7 +79,7 @@ class Budget:
 @dataclass(frozen=True)
 class TemperatureSpec:
     temperature_K: float = 2000.0
-    sizes: tuple[int, ...] = (1, 10)
+    sizes: tuple[int, ...] = (1,)
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,11 @@ class PhononStage:
 class MDStage:
     """NVT MD of the learning-curve models of the given sizes from the hottest structure."""
 
-    sizes: tuple[int, ...] = (1,)
+    sizes: tuple[int, ...] = (10,)
     trajectories: int = 2
     temperature_K: float = 1200.0
     timestep_fs: float = 0.5
-    steps: int = 1000
+    steps: int = 400
     friction_per_ps: float = 1.0
     sample_every: int = 20
 
@@ -118,7 +118,7 @@ class StudyConfig:
     target: TargetSpec = field(default_factory=TargetSpec)
     source: SourceSpec = field(default_factory=SourceSpec)
     mapping: dict[str, str] = field(default_factory=lambda: {"Si": "Ge"})
-    sizes: tuple[int, ...] = (1, 3, 10, 30)
+    sizes: tuple[int, ...] = (1, 10, 50)
     seeds: tuple[int, ...] = (0, 1, 2)
     modes: tuple[Mode, ...] = (Mode.scratch, Mode.transfer)
     budget: Budget = field(default_factory=Budget)
@@ -126,7 +126,7 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=3e-3, lr_final=3e-4, energy_weight=0.0, batch_size=4))
     source_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=40, lr=3e-3, lr_final=3e-4, batch_size=4))
+        epochs=25, lr=3e-3, lr_final=3e-4, batch_size=4))
     freeze: tuple[str, ...] = ("embedding", "interaction:0")
     soft_freeze: float | None = None
     temperature: TemperatureSpec | None = field(default_factory=TemperatureSpec)
