@@ -185,7 +185,7 @@ class _Triplets:
         assert self.cbf is not None
         c = x_kj.shape[-1]
         h = sbf * self.pad_out(x_kj).unsqueeze(1)  # [N, L, D_out, C]
-        agg = torch.bmm(self.cbf, h.view(self.n_atoms, -1, c))  # [N, D_in, C]
+        agg = torch.bmm(self.cbf, h.reshape(self.n_atoms, -1, c))  # [N, D_in, C]
         return agg.view(-1, c).index_select(0, self.in_slot)
 
 
@@ -206,9 +206,10 @@ class _Embedding(nn.Module):
         self.lin_rbf = nn.Linear(cfg.num_radial, cfg.hidden)
         self.lin = nn.Linear(3 * cfg.hidden, cfg.hidden)
 
-    def forward(self, species: Tensor, rbf: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    def forward(self, species: Tensor, rbf_proj: Tensor, i: Tensor, j: Tensor) -> Tensor:
+        """rbf_proj [E, hidden]: lin_rbf(rbf), computed with the other rbf projections."""
         x = self.emb(species)
-        rbf = _swish(self.lin_rbf(rbf))
+        rbf = _swish(rbf_proj)
         return _swish(self.lin(torch.cat([x.index_select(0, i), x.index_select(0, j), rbf], -1)))
 
 
@@ -228,18 +229,21 @@ class _Interaction(nn.Module):
         self.lin = nn.Linear(h, h)
         self.after_skip = nn.Sequential(*[_Residual(h) for _ in range(cfg.num_after_skip)])
 
+    def rbf_weight(self) -> Tensor:
+        """lin_rbf2 . lin_rbf1 as one map of the radial basis: [hidden, num_radial]."""
+        return self.lin_rbf2.weight @ self.lin_rbf1.weight
+
     def sbf_kernel(self) -> Tensor:
         """lin_sbf2 . lin_sbf1 as one map of the radial factor: [L, R, int_emb]."""
         w = self.lin_sbf1.weight.view(self.basis_emb, self.num_spherical, self.num_radial)
         return torch.einsum("blr,cb->lrc", w, self.lin_sbf2.weight)
 
-    def forward(self, m: Tensor, rbf: Tensor, rad: Tensor, tri: _Triplets) -> Tensor:
-        """rad [N, L, D, R]: the spherical radial factor of edges kj, padded per atom."""
-        x_ji = _swish(self.lin_ji(m))
-        x_kj = _swish(self.lin_kj(m)) * self.lin_rbf2(self.lin_rbf1(rbf))
-        x_kj = _swish(self.lin_down(x_kj))  # [E, int_emb]
-        agg = tri.aggregate(torch.matmul(rad, self.sbf_kernel()), x_kj)
-        h = x_ji + _swish(self.lin_up(agg))
+    def forward(self, m: Tensor, rbf_proj: Tensor, sbf: Tensor, tri: _Triplets) -> Tensor:
+        """rbf_proj [E, hidden]: lin_rbf2(lin_rbf1(rbf)); sbf [N, L, D, int_emb]: the spherical
+        basis' radial factor of edges kj through lin_sbf2 . lin_sbf1, padded per atom."""
+        x_ji, x_kj = _swish(self.lin_ji(m)), _swish(self.lin_kj(m))
+        x_kj = _swish(self.lin_down(x_kj * rbf_proj))  # [E, int_emb]
+        h = x_ji + _swish(self.lin_up(tri.aggregate(sbf, x_kj)))
         h = self.before_skip(h)
         h = _swish(self.lin(h)) + m
         return self.after_skip(h)
@@ -255,13 +259,17 @@ class _Output(nn.Module):
         self.lin = nn.Linear(cfg.out_emb, 1, bias=False)
         nn.init.zeros_(self.lin.weight)
 
-    def forward(self, m: Tensor, rbf: Tensor, i: Tensor, n_atoms: int) -> Tensor:
-        x = self.lin_rbf(rbf) * m
-        x = torch.zeros(n_atoms, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, i, x)
-        x = self.lin_up(x)
-        for lin in self.lins:
-            x = _swish(lin(x))
-        return self.lin(x).squeeze(-1)
+
+def _outputs(blocks: nn.ModuleList, atom_sums: list[Tensor]) -> Tensor:
+    """The output blocks' atom-wise MLPs, all blocks at once (batched matmuls): [N]."""
+    x = torch.stack(atom_sums)  # [blocks, N, hidden]
+    x = torch.bmm(x, torch.stack([b.lin_up.weight for b in blocks]).transpose(1, 2))
+    for k in range(len(blocks[0].lins)):
+        weight = torch.stack([b.lins[k].weight for b in blocks]).transpose(1, 2)
+        bias = torch.stack([b.lins[k].bias for b in blocks]).unsqueeze(1)
+        x = _swish(torch.baddbmm(bias, x, weight))
+    x = torch.bmm(x, torch.stack([b.lin.weight for b in blocks]).transpose(1, 2))
+    return x.sum(0).squeeze(-1)
 
 
 class DimeNetPP(nn.Module):
@@ -291,9 +299,13 @@ class DimeNetPP(nn.Module):
         tri.set_angles(vec / dist.unsqueeze(-1), self.sbf)
         rbf = self.rbf(dist)
         rad = tri.radial(self.sbf.radial(dist))  # [N, L, D, R]
-        m = self.embedding(graph.species, rbf, i, j)
-        energy = self.outputs[0](m, rbf, i, n)
-        for interaction, output in zip(self.interactions, self.outputs[1:], strict=True):
-            m = interaction(m, rbf, rad, tri)
-            energy = energy + output(m, rbf, i, n)
-        return energy
+        m = self.embedding(graph.species, self.embedding.lin_rbf(rbf), i, j)
+        atom_sums = []
+        for k, out in enumerate(self.outputs):
+            if k:
+                blk = self.interactions[k - 1]
+                sbf = torch.matmul(rad, blk.sbf_kernel())  # [N, L, D, C]
+                m = blk(m, F.linear(rbf, blk.rbf_weight()), sbf, tri)
+            x = out.lin_rbf(rbf) * m
+            atom_sums.append(x.new_zeros(n, x.shape[1]).index_add_(0, i, x))
+        return _outputs(self.outputs, atom_sums)
