@@ -2,8 +2,8 @@
 
 from congener.errors import (
     CheckpointError,
-    CongenerError,
     ConfigError,
+    CongenerError,
     DataError,
     SimulationUnstable,
 )
@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
-    "CongenerError",
     "ConfigError",
+    "CongenerError",
     "DataError",
     "SimulationUnstable",
     "__version__",

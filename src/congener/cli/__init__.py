@@ -21,6 +21,17 @@ def cli() -> None:
     """congener: transfer-learned interatomic potentials for data-scarce elements."""
 
 
+def parse_list(text: str | None, convert: type, option: str) -> tuple | None:
+    """Parse a comma-separated option value ("1,10,50") into a tuple, or None if absent."""
+    if text is None:
+        return None
+    try:
+        return tuple(convert(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        kind = "integers" if convert is int else "numbers"
+        raise CongenerError(f"{option} must be comma-separated {kind} (got {text!r})") from exc
+
+
 def _register() -> None:
     # Imported here so that each module can import `cli` from this package.
     from congener.cli import analysis as _analysis  # noqa: F401

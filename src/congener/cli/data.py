@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from congener.cli import cli
+from congener.cli import cli, parse_list
 from congener.data.mlearn import MlearnSplit
 from congener.data.split import Stratify
 from congener.data.sw_protocol import Preset
@@ -20,12 +20,7 @@ def data() -> None:
 
 
 def _temperatures(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError as exc:
-        raise ConfigError(f"--temperatures must be comma-separated numbers (got {text!r})") from exc
+    return parse_list(text, float, "--temperatures")
 
 
 def _default_workers() -> int:

@@ -8,18 +8,7 @@ from pathlib import Path
 
 import click
 
-from congener.cli import cli
-
-
-def _ints(text: str | None) -> tuple[int, ...] | None:
-    from congener.errors import ConfigError
-
-    if text is None:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise ConfigError(f"expected comma-separated integers (got {text!r})") from exc
+from congener.cli import cli, parse_list
 
 
 @cli.command("study")
@@ -43,7 +32,8 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
     from congener.studies.report import markdown_table, rows, summary
 
     cfg = load_study_config(config)
-    overrides = {"workers": workers, "sizes": _ints(sizes), "seeds": _ints(seeds)}
+    overrides = {"workers": workers, "sizes": parse_list(sizes, int, "--sizes"),
+                 "seeds": parse_list(seeds, int, "--seeds")}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
     bar = None
