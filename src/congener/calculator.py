@@ -32,7 +32,7 @@ class CongenerCalculator(Calculator):
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", dtype: str = "float64"
                         ) -> CongenerCalculator:
         """Load a checkpoint written by `congener train` / `save_potential`."""
-        return cls(load_potential(path), device=device, dtype=dtype)
+        return cls(load_potential(path, dtype=resolve_dtype(dtype)), device=device, dtype=dtype)
 
     def calculate(self, atoms: Atoms | None = None, properties: list[str] | None = None,
                   system_changes: list[str] = all_changes) -> None:
