@@ -20,7 +20,7 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     hpo: {size: 10, lr: [0.001, 0.003]}                 # per-mode lr search (optional)
     phonons: {runs: temperature, size: 1, reference: sw}  # DOS stage (null: off)
     md: {sizes: [10], trajectories: 2, temperature_K: 1200, timestep_fs: 0.5, steps: 400}
-    workers: 1
+    workers: 2
 
 Data specifications: `sw:<El>` generates Stillinger-Weber data (quick preset, overridable
 with `sw:<El>:paper`), `mlearn:<folder>` reads Zuo et al. training.json/test.json without
@@ -133,7 +133,7 @@ class StudyConfig:
     hpo: HPOSpec | None = None
     phonons: PhononStage | None = field(default_factory=PhononStage)
     md: MDStage | None = field(default_factory=MDStage)
-    workers: int = 1
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 1:
