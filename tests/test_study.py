@@ -56,6 +56,7 @@ def test_nested_training_sets_and_shared_validation(files):
         assert mine[(Mode.scratch, 4)].train_idx == mine[(Mode.transfer, 4)].train_idx
         assert not set(mine[(Mode.scratch, 4)].val_idx) & set(mine[(Mode.scratch, 4)].train_idx)
     temp_runs = [r for r in plan_runs(cfg, pool) if r.kind == "temperature"]
+    assert len(temp_runs) == len(cfg.seeds) * len(cfg.modes)
     assert all(pool[k].info["temperature"] == 2000.0 for r in temp_runs for k in r.train_idx)
 
 
@@ -72,6 +73,8 @@ def test_study_runs_resumes_and_reports(files, tmp_path):
     assert md["summary"]["total"] == 2
     assert (tmp_path / "study" / "learning_curves.png").stat().st_size > 10_000
     lines = (tmp_path / "study" / "results.csv").read_text().strip().splitlines()
+    from congener.data.structures import read_structures
+    assert len(read_structures(tmp_path / "study" / "data" / "target_test.extxyz")) == 4
     assert len(lines) == 1 + 2 * 3 + 3  # header, curve runs (2 sizes x 3 modes), temperature
     # frozen mode really froze: its config lists the frozen parameters
     frozen_cfg = json.loads((tmp_path / "study" / "runs" / "frozen-n1-s0" / "config.json")

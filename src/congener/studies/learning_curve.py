@@ -46,8 +46,10 @@ def prepare_data(cfg: StudyConfig, study_dir: Path, *, workers: int = 1,
         if cfg.target.test:
             test = read_structures(cfg.target.test)
         if test is None:
-            parts = split_structures(pool, test=cfg.target.test_size, seed=12345,
-                                     stratify="temperature" if _has_temperature(pool) else None)
+            stratified = _has_temperature(pool)  # sizes then apply per temperature
+            test_size = cfg.target.test_size / len(pool) if stratified else cfg.target.test_size
+            parts = split_structures(pool, test=test_size, seed=12345,
+                                     stratify="temperature" if stratified else None)
             pool, test = parts["train"], parts["test"]
         write_structures(paths["target_test"], test)
         write_structures(paths["target_pool"], pool)
