@@ -100,7 +100,8 @@ def _envelope_terms(exponent: int) -> list[tuple[float, int]]:
 
 class _RadialState:
     """j_l(z_ln x), its y-derivatives and the envelope's x-derivatives for one set of
-    distances, in float64, computed once and extended on demand (any derivative order).
+    distances, in float64 and laid out [L, E, R], computed once and extended on demand (any
+    derivative order).
 
     Values: upward recurrence where y >= max(0.5, l/2), else the 8-term power series (as
     `spherical_jn`); first derivative j_l' = j_{l-1} - (l+1)/y j_l (j_{-1} = cos y / y) or the
@@ -114,36 +115,40 @@ class _RadialState:
         self.x = x
         zeros = basis.zeros  # [L, R]
         n_l = zeros.shape[0]
-        y = x[:, None, None] * zeros  # [E, L, R]
+        y = zeros[:, None, :] * x[None, :, None]  # [L, E, R]
         self.y = y
         r = y.reciprocal()
         cos = torch.cos(y)
-        jp = torch.sin(y).mul_(r)  # j0
-        jc = (jp - cos).mul_(r)  # j1
-        j = torch.empty_like(y)
-        jm1 = torch.empty_like(y)
-        j[:, 0], jm1[:, 0] = jp[:, 0], cos[:, 0] * r[:, 0]
+        # Upward recurrence j_{n+1} = (2n+1)/y j_n - j_{n-1}, run on rows l > n only, for the
+        # signed k_n = s_n j_n with s = + + - - + + ..., so that each step is one addcmul:
+        # k_{n+1} = k_{n-1} + s_{n+1} s_n (2n+1) r k_n.
+        sign = [1.0 if (n // 2) % 2 == 0 else -1.0 for n in range(n_l + 1)]
+        k = [torch.sin(y).mul_(r)]  # k_0 = j_0, all rows
         if n_l > 1:
-            j[:, 1:], jm1[:, 1:] = jc[:, 1:], jp[:, 1:]
-        for n in range(1, n_l - 1):  # j_{n+1} = (2n+1)/y j_n - j_{n-1} on columns l > n
-            sl = slice(n + 1, None)
-            new = jp[:, sl].neg_().addcmul_(r[:, sl], jc[:, sl], value=2 * n + 1)
-            j[:, sl], jm1[:, sl] = new, jc[:, sl]
-            jp, jc = jc, jp
-        lp1 = torch.arange(1, n_l + 1, dtype=y.dtype, device=y.device)[:, None]
-        jd = torch.addcmul(jm1, r * lp1, j, value=-1.0)
-        small = y < basis.thresholds
-        if bool(small.any()):
-            idx = small.nonzero(as_tuple=True)
-            ys = y[idx]
-            order = idx[1].to(y.dtype)
-            term = ys.pow(order) / basis.double_factorials.index_select(0, idx[1])
+            k.append((k[0] - cos).mul_(r))  # k_1 = j_1, all rows
+        for n in range(1, n_l - 1):  # k[n] holds rows n.. (k[0], k[1]: all rows)
+            prev = k[n - 1][n + 1:] if n <= 2 else k[n - 1][2:]
+            cur = k[n][n + 1:] if n <= 1 else k[n][1:]
+            k.append(torch.addcmul(prev, r[n + 1:], cur, value=sign[n + 1] * sign[n] * (2 * n + 1)))
+        rows = [k[0][0]] + [k[1][1]] + [k[n][0] for n in range(2, n_l)]
+        j = torch.stack(rows).mul_(basis.signs)
+        below = [cos[0] * r[0]] + [k[0][1]] + [k[1][2] if n == 1 else k[n][1]
+                                                 for n in range(1, n_l - 1)]
+        jm1 = torch.stack(below).mul_(basis.signs_below)  # j_{l-1}(y_l)
+        jd = torch.addcmul(jm1, r * basis.l_plus_1, j, value=-1.0)
+        if float(x.min()) < basis.series_below if x.numel() else False:
+            flat = (y < basis.thresholds).view(-1).nonzero().squeeze(1)
+            ys = y.view(-1).index_select(0, flat)
+            row = flat.div(y.shape[1] * y.shape[2], rounding_mode="floor")
+            order = row.to(y.dtype)
+            term = ys.pow(order) / basis.double_factorials.index_select(0, row)
             series, dseries = term.clone(), term * order / ys
             for m in range(7):
                 term = term * (-0.5 * ys * ys) / ((m + 1) * (2 * order + 2 * m + 3))
                 series += term
                 dseries += term * (order + 2 * m + 2) / ys
-            j[idx], jd[idx] = series, dseries
+            j.view(-1).scatter_(0, flat, series)
+            jd.view(-1).scatter_(0, flat, dseries)
         self.j = [j, jd]  # d^m j_l / dy^m
         self.env: dict[int, Tensor] = {}
 
@@ -151,7 +156,7 @@ class _RadialState:
         while len(self.j) <= m:
             k = len(self.j) - 2  # compute j^(k+2) from the equation differentiated k times
             y, j = self.y, self.j
-            ll = self.basis.l_times_l1  # [L, 1]
+            ll = self.basis.l_times_l1  # [L, 1, 1]
             acc = (2 * k + 2) * y * j[k + 1] + (k * (k + 1) - ll + y * y) * j[k]
             if k >= 1:
                 acc = acc + 2 * k * y * j[k - 1]
@@ -161,6 +166,7 @@ class _RadialState:
         return self.j[m]
 
     def envelope_derivative(self, k: int) -> Tensor:
+        """k-th x-derivative of the envelope: [E]."""
         if k not in self.env:
             x = self.x
             out = torch.zeros_like(x)
@@ -172,19 +178,18 @@ class _RadialState:
         return self.env[k]
 
     def derivative(self, k: int, dtype: torch.dtype) -> Tensor:
-        """d^k/dd^k of norm * j_l(z_ln d/c) * envelope(d/c): [E, L, R]."""
-        zeros = self.basis.zeros
-        out = torch.zeros_like(self.y)
-        for m in range(k + 1):
-            factor = math.comb(k, m) * zeros.pow(m) if m else torch.ones_like(zeros)
-            env = self.envelope_derivative(k - m)[:, None, None]
-            out += factor * self.j_derivative(m) * env
-        out *= self.basis.norm * self.basis.cutoff ** (-k)
-        return out.to(dtype)
+        """d^k/dd^k of norm * j_l(z_ln d/c) * envelope(d/c): [L, E, R]."""
+        zeros, norm = self.basis.zeros.unsqueeze(1), self.basis.norm.unsqueeze(1)  # [L, 1, R]
+        out = self.j_derivative(0) * self.envelope_derivative(k)[:, None]
+        for m in range(1, k + 1):
+            factor = math.comb(k, m) * zeros.pow(m)
+            out += factor * self.j_derivative(m) * self.envelope_derivative(k - m)[:, None]
+        return out.mul_(norm * self.basis.cutoff ** (-k)).to(dtype)
 
 
 class _RadialDerivative(torch.autograd.Function):
-    """k-th distance derivative of the spherical radial basis, differentiable to any order."""
+    """k-th distance derivative of the spherical radial basis [L, E, R], differentiable to any
+    order."""
 
     @staticmethod
     def forward(ctx, dist: Tensor, order: int, state: _RadialState) -> Tensor:
@@ -198,7 +203,7 @@ class _RadialDerivative(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         nxt = _RadialDerivative.apply(dist, ctx.order + 1, ctx.state)
-        return (grad * nxt).sum((1, 2)), None, None
+        return (grad * nxt).sum((0, 2)), None, None
 
 
 class SphericalBasis(nn.Module):
@@ -225,15 +230,28 @@ class SphericalBasis(nn.Module):
         self.register_buffer("ynorm", torch.tensor(ynorm, dtype=torch.float64))
         ls = np.arange(num_spherical)
         # constants of the radial evaluation (not saved in checkpoints)
-        self.register_buffer("thresholds", torch.tensor(np.maximum(0.5, ls / 2)[:, None]),
+        thresholds = np.maximum(0.5, ls / 2)
+        self.register_buffer("thresholds", torch.tensor(thresholds[:, None, None]),
                              persistent=False)
+        # the power series is needed only for distances below this (in units of the cutoff)
+        self.series_below = float(np.max(thresholds / zeros[:, 0]))
+        signs = np.array([1.0 if (n // 2) % 2 == 0 else -1.0 for n in range(num_spherical + 1)])
+        self.register_buffer("signs", torch.tensor(signs[:num_spherical, None, None]),
+                             persistent=False)
+        below = np.concatenate([[1.0], signs[:num_spherical - 1]])
+        self.register_buffer("signs_below", torch.tensor(below[:, None, None]), persistent=False)
+        self.register_buffer("l_plus_1", torch.tensor(ls[:, None, None] + 1.0), persistent=False)
         self.register_buffer("double_factorials", torch.tensor(
             [float(np.prod(np.arange(1, 2 * l + 2, 2))) for l in ls]), persistent=False)
-        self.register_buffer("l_times_l1", torch.tensor((ls * (ls + 1.0))[:, None]),
+        self.register_buffer("l_times_l1", torch.tensor((ls * (ls + 1.0))[:, None, None]),
                              persistent=False)
 
     def radial(self, dist: Tensor) -> Tensor:
         """dist [E] (Å) -> normalised j_l(z_ln d/c) * envelope, [E, L, R] (computed in float64)."""
+        return self.radial_by_l(dist).transpose(0, 1)
+
+    def radial_by_l(self, dist: Tensor) -> Tensor:
+        """`radial` laid out [L, E, R] (contiguous)."""
         return _RadialDerivative.apply(dist, 0, _RadialState(self, dist))
 
     def radial_reference(self, dist: Tensor) -> Tensor:

@@ -59,11 +59,12 @@ def _rank_within(keys: Tensor, n: int) -> Tensor:
     """Position of each element among those with the same key, in index order: [len(keys)]."""
     count = torch.bincount(keys, minlength=n)
     start = torch.cumsum(count, 0) - count
+    if bool((keys[1:] >= keys[:-1]).all()):  # sorted (edges by centre): no sort needed
+        return torch.arange(keys.numel(), device=keys.device) - start.index_select(0, keys)
     order = torch.argsort(keys, stable=True)
-    rank = torch.empty_like(keys)
     first = start.index_select(0, keys.index_select(0, order))
-    rank[order] = torch.arange(keys.numel(), device=keys.device) - first
-    return rank
+    return torch.empty_like(keys).scatter_(0, order, torch.arange(keys.numel(),
+                                                                   device=keys.device) - first)
 
 
 class _AngularState:
@@ -75,9 +76,14 @@ class _AngularState:
     """
 
     def __init__(self, cos: Tensor, mask: Tensor, ynorm: Tensor) -> None:
-        self.c = cos.detach().clamp(-1.0, 1.0)
-        inside = (cos.detach().abs() <= 1.0).to(cos.dtype)  # clamp's derivative
-        self.start = [mask, mask * inside]  # P_0 of order 0, P_1' (weights of later orders)
+        c = cos.detach()
+        lo, hi = torch.aminmax(c) if c.numel() else (c.new_zeros(()), c.new_zeros(()))
+        if float(lo) >= -1.0 and float(hi) <= 1.0:  # the usual case: clamp is the identity
+            self.c, self.start = c, [mask, mask]
+        else:  # |cos| > 1 by rounding: clamp, and clamp's zero derivative outside
+            inside = (c.abs() <= 1.0).to(c.dtype)
+            self.c, self.start = c.clamp(-1.0, 1.0), [mask, mask * inside]
+        # start: P_0 of order 0, P_1' of order 1 (each scaled by the triplet mask)
         self.ynorm = ynorm.to(cos.dtype).view(-1, 1)
         self.num = ynorm.shape[0]
         self.p: list[list[Tensor]] = []
@@ -139,17 +145,15 @@ class _Triplets:
         self.deg = deg
         self.out_slot, self.in_slot = i * deg + out_pos, j * deg + in_pos  # [E]
         # padded slot -> edge (n_edges = a zero row appended to the gathered tensor)
-        self.out_gather = torch.full((n_atoms * deg,), n_edges, dtype=torch.long, device=dev)
-        self.out_gather[self.out_slot] = torch.arange(n_edges, device=dev)
-        self.in_gather = torch.full((n_atoms * deg,), n_edges, dtype=torch.long, device=dev)
-        self.in_gather[self.in_slot] = torch.arange(n_edges, device=dev)
-        self.out_identity = n_atoms * deg == n_edges and bool(
-            (self.out_gather == torch.arange(n_edges, device=dev)).all())
+        arange = torch.arange(n_edges, device=dev)
+        self.out_identity = n_atoms * deg == n_edges and bool((self.out_slot == arange).all())
+        self.out_gather = torch.full((n_atoms * deg,), n_edges, dtype=torch.long,
+                                     device=dev).scatter_(0, self.out_slot, arange)
+        self.in_gather = torch.full((n_atoms * deg,), n_edges, dtype=torch.long,
+                                    device=dev).scatter_(0, self.in_slot, arange)
         kj, ji = graph.triplet_kj, graph.triplet_ji
-        cell = (j.index_select(0, ji) * deg + in_pos.index_select(0, ji)) * deg \
-            + out_pos.index_select(0, kj)
-        self.mask = torch.zeros(n_atoms * deg * deg, device=dev)
-        self.mask[cell] = 1.0
+        cell = torch.add(out_pos.index_select(0, kj), self.in_slot.index_select(0, ji), alpha=deg)
+        self.mask = torch.zeros(n_atoms * deg * deg, device=dev).scatter_(0, cell, 1.0)
         self.mask = self.mask.view(n_atoms, deg, deg)
         self.cbf: Tensor | None = None
 
@@ -176,8 +180,11 @@ class _Triplets:
         self.cbf = cbf.view(self.n_atoms, self.deg, -1)
 
     def radial(self, rad: Tensor) -> Tensor:
-        """[E, L, R] per edge kj -> [N, L, D_out, R] (once per forward, for `aggregate`)."""
-        return self.pad_out(rad).transpose(1, 2).contiguous()
+        """[L, E, R] per edge kj -> [N, L, D_out, R] (once per forward, for `aggregate`)."""
+        n_l, n_r = rad.shape[0], rad.shape[2]
+        if not self.out_identity:
+            rad = torch.cat([rad, rad.new_zeros(n_l, 1, n_r)], 1).index_select(1, self.out_gather)
+        return rad.view(n_l, self.n_atoms, self.deg, n_r).transpose(0, 1).contiguous()
 
     def aggregate(self, sbf: Tensor, x_kj: Tensor) -> Tensor:
         """sbf [N, L, D_out, C] * x_kj [E, C] per edge kj, summed over triplets into edge ji:
@@ -298,7 +305,7 @@ class DimeNetPP(nn.Module):
         tri = _Triplets(graph, n)
         tri.set_angles(vec / dist.unsqueeze(-1), self.sbf)
         rbf = self.rbf(dist)
-        rad = tri.radial(self.sbf.radial(dist))  # [N, L, D, R]
+        rad = tri.radial(self.sbf.radial_by_l(dist))  # [N, L, D, R]
         m = self.embedding(graph.species, self.embedding.lin_rbf(rbf), i, j)
         atom_sums = []
         for k, out in enumerate(self.outputs):
