@@ -137,13 +137,48 @@ class _AngularDerivative(torch.autograd.Function):
         return (grad * nxt).sum(2), None, None
 
 
+def _degree_buckets(degree: list[int], max_buckets: int = 4) -> list[int]:
+    """Split atoms sorted by degree into <= max_buckets groups minimising the padded block
+    size sum_b n_b D_b^2 plus a cost per group (the larger of 4000 cells and 1/8 of the
+    one-group size: each group costs extra small ops); returns the group ends (sorted order)."""
+    overhead = max(4000, len(degree) * max(degree) ** 2 // 8)
+    values = sorted(set(degree))
+    counts = [0] * len(values)
+    where = {v: k for k, v in enumerate(values)}
+    for d in degree:
+        counts[where[d]] += 1
+    ends = [0]
+    for c in counts:
+        ends.append(ends[-1] + c)  # atoms with degree <= values[k] end at ends[k + 1]
+    n = len(values)
+    inf = float("inf")
+    # best[k][v]: cost of the atoms up to value v in k groups, with the split it came from
+    best = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
+    split = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for v in range(1, n + 1):
+            for u in range(v):
+                cost = best[k - 1][u] + (ends[v] - ends[u]) * values[v - 1] ** 2 + overhead
+                if cost < best[k][v]:
+                    best[k][v], split[k][v] = cost, u
+    k = min(range(1, max_buckets + 1), key=lambda q: best[q][n])
+    cuts, v = [], n
+    while k:
+        cuts.append(ends[v])
+        v, k = split[k][v], k - 1
+    return cuts[::-1]
+
+
 class _Triplets:
     """Triplets as dense per-atom blocks: for atom j, rows = edges ji into j, columns = edges
-    kj out of j, padded to D = the largest degree.
+    kj out of j, zero-padded to the largest degree D of its group. Atoms are grouped by degree
+    (one group for crystals; up to 4 for hot or liquid structures, whose degrees vary) so that
+    little padding is computed.
 
     The triplet sum agg[ji] = sum_{t: ji} sum_l cbf[t, l] h[kj, l, :] is then one batched
-    matmul per block, [N, D, L*D] @ [N, L*D, C], with cbf zero where (ji, kj) is no triplet
-    (k = i, padding). The angles come from a batched Gram matrix of unit edge vectors.
+    matmul per group and block, [n, D, L*D] @ [n, L*D, C], with cbf zero where (ji, kj) is no
+    triplet (k = i, padding). The angles come from a batched Gram matrix of unit edge vectors.
     """
 
     def __init__(self, graph: Graph, n_atoms: int) -> None:
@@ -151,59 +186,100 @@ class _Triplets:
         n_edges, dev = i.numel(), i.device
         self.n_atoms, self.n_edges = n_atoms, n_edges
         out_pos, in_pos = _rank_within(i, n_atoms), _rank_within(j, n_atoms)
-        deg = max(int(out_pos.max()) + 1, int(in_pos.max()) + 1) if n_edges else 1
-        self.deg = deg
-        self.out_slot, self.in_slot = i * deg + out_pos, j * deg + in_pos  # [E]
-        # padded slot -> edge (n_edges = a zero row appended to the gathered tensor)
+        degree = torch.maximum(torch.bincount(i, minlength=n_atoms),
+                               torch.bincount(j, minlength=n_atoms)).clamp_min_(1)
+        deg_list = degree.tolist() if n_atoms else [1]
+        cuts = _degree_buckets(deg_list)
         arange = torch.arange(n_edges, device=dev)
-        self.out_identity = n_atoms * deg == n_edges and bool((self.out_slot == arange).all())
-        self.out_gather = torch.full((n_atoms * deg,), n_edges, dtype=torch.long,
+        if len(cuts) == 1:  # one group, atoms in their own order
+            deg = max(deg_list)
+            self.groups = [(n_atoms, deg)]
+            base, width = torch.arange(n_atoms, device=dev) * deg, torch.full_like(degree, deg)
+            cell_base = base * deg
+        else:
+            order = torch.argsort(degree, stable=True)
+            sorted_deg = degree.index_select(0, order).tolist()
+            self.groups, starts = [], [0, *cuts[:-1]]
+            local_base, local_width, local_cell = [], [], []
+            offset = cell_offset = 0
+            for start, end in zip(starts, cuts, strict=True):
+                n, deg = end - start, sorted_deg[end - 1]
+                self.groups.append((n, deg))
+                local = torch.arange(n, device=dev)
+                local_base.append(offset + local * deg)
+                local_cell.append(cell_offset + local * deg * deg)
+                local_width.append(torch.full((n,), deg, device=dev))
+                offset, cell_offset = offset + n * deg, cell_offset + n * deg * deg
+            base = torch.empty_like(degree).scatter_(0, order, torch.cat(local_base))
+            width = torch.empty_like(degree).scatter_(0, order, torch.cat(local_width))
+            cell_base = torch.empty_like(degree).scatter_(0, order, torch.cat(local_cell))
+        slots = sum(n * d for n, d in self.groups)
+        cells = sum(n * d * d for n, d in self.groups)
+        self.out_slot = base.index_select(0, i) + out_pos  # [E]
+        self.in_slot = base.index_select(0, j) + in_pos
+        # padded slot -> edge (n_edges = a zero row appended to the gathered tensor)
+        self.out_identity = slots == n_edges and bool((self.out_slot == arange).all())
+        self.out_gather = torch.full((slots,), n_edges, dtype=torch.long,
                                      device=dev).scatter_(0, self.out_slot, arange)
-        self.in_gather = torch.full((n_atoms * deg,), n_edges, dtype=torch.long,
+        self.in_gather = torch.full((slots,), n_edges, dtype=torch.long,
                                     device=dev).scatter_(0, self.in_slot, arange)
         kj, ji = graph.triplet_kj, graph.triplet_ji
-        cell = torch.add(out_pos.index_select(0, kj), self.in_slot.index_select(0, ji), alpha=deg)
-        self.mask = torch.zeros(n_atoms * deg * deg, device=dev).scatter_(0, cell, 1.0)
-        self.mask = self.mask.view(n_atoms, deg, deg)
-        self.cbf: Tensor | None = None
+        centre = j.index_select(0, ji)
+        cell = cell_base.index_select(0, centre) + out_pos.index_select(0, kj) \
+            + in_pos.index_select(0, ji) * width.index_select(0, centre)
+        mask = torch.zeros(cells, device=dev).scatter_(0, cell, 1.0)
+        self.mask = [m.view(n, d, d) for m, (n, d) in
+                     zip(mask.split([n * d * d for n, d in self.groups]), self.groups, strict=True)]
+        self.cbf: list[Tensor] = []
 
-    def pad_out(self, x: Tensor) -> Tensor:
-        """[E, ...] per edge kj -> [N, D, ...], zero-padded."""
+    def _split(self, flat: Tensor, shape: tuple[int, ...]) -> list[Tensor]:
+        """[slots, ...] -> per group [n, D, ...]."""
+        parts = flat.split([n * d for n, d in self.groups]) if len(self.groups) > 1 else [flat]
+        return [p.view(n, d, *shape) for p, (n, d) in zip(parts, self.groups, strict=True)]
+
+    def pad_out(self, x: Tensor) -> list[Tensor]:
+        """[E, ...] per edge kj -> per group [n, D, ...], zero-padded."""
         if self.out_identity:
-            return x.reshape(self.n_atoms, self.deg, *x.shape[1:])
+            return self._split(x, x.shape[1:])
         flat = x.reshape(self.n_edges, math.prod(x.shape[1:]))
         flat = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])
-        return flat.index_select(0, self.out_gather).view(self.n_atoms, self.deg, *x.shape[1:])
+        return self._split(flat.index_select(0, self.out_gather), x.shape[1:])
 
-    def pad_in(self, x: Tensor) -> Tensor:
-        """[E, ...] per edge ji -> [N, D, ...], zero-padded."""
+    def pad_in(self, x: Tensor) -> list[Tensor]:
+        """[E, ...] per edge ji -> per group [n, D, ...], zero-padded."""
         flat = x.reshape(self.n_edges, math.prod(x.shape[1:]))
         flat = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])
-        return flat.index_select(0, self.in_gather).view(self.n_atoms, self.deg, *x.shape[1:])
+        return self._split(flat.index_select(0, self.in_gather), x.shape[1:])
 
     def set_angles(self, unit: Tensor, sbf: SphericalBasis) -> None:
         """unit [E, 3]: edge directions. cos of the angle at j between j->i and j->k."""
-        u_out, u_in = self.pad_out(unit), self.pad_in(unit)
-        cos = -torch.bmm(u_in, u_out.transpose(1, 2))  # [N, D_in, D_out]
-        state = _AngularState(cos, self.mask.to(unit.dtype), sbf.ynorm)
-        cbf = _AngularDerivative.apply(cos, 0, state)  # [N, D_in, L, D_out]
-        self.cbf = cbf.view(self.n_atoms, self.deg, -1)
+        self.cbf = []
+        for u_out, u_in, mask in zip(self.pad_out(unit), self.pad_in(unit), self.mask,
+                                     strict=True):
+            cos = -torch.bmm(u_in, u_out.transpose(1, 2))  # [n, D_in, D_out]
+            state = _AngularState(cos, mask.to(unit.dtype), sbf.ynorm)
+            cbf = _AngularDerivative.apply(cos, 0, state)  # [n, D_in, L, D_out]
+            self.cbf.append(cbf.view(cbf.shape[0], cbf.shape[1], -1))
 
-    def radial(self, rad: Tensor) -> Tensor:
-        """[L, E, R] per edge kj -> [N, L, D_out, R] (once per forward, for `aggregate`)."""
+    def radial(self, rad: Tensor) -> list[Tensor]:
+        """[L, E, R] per edge kj -> per group [n, L, D_out, R] (once per forward)."""
         n_l, n_r = rad.shape[0], rad.shape[2]
         if not self.out_identity:
             rad = torch.cat([rad, rad.new_zeros(n_l, 1, n_r)], 1).index_select(1, self.out_gather)
-        return rad.view(n_l, self.n_atoms, self.deg, n_r).transpose(0, 1).contiguous()
+        parts = rad.split([n * d for n, d in self.groups], 1) if len(self.groups) > 1 else [rad]
+        return [p.view(n_l, n, d, n_r).transpose(0, 1).contiguous()
+                for p, (n, d) in zip(parts, self.groups, strict=True)]
 
-    def aggregate(self, sbf: Tensor, x_kj: Tensor) -> Tensor:
-        """sbf [N, L, D_out, C] * x_kj [E, C] per edge kj, summed over triplets into edge ji:
-        [E, C]."""
-        assert self.cbf is not None
+    def aggregate(self, sbf: list[Tensor], x_kj: Tensor) -> Tensor:
+        """sbf per group [n, L, D_out, C] times x_kj [E, C] per edge kj, summed over triplets
+        into edge ji: [E, C]."""
         c = x_kj.shape[-1]
-        h = sbf * self.pad_out(x_kj).unsqueeze(1)  # [N, L, D_out, C]
-        agg = torch.bmm(self.cbf, h.reshape(self.n_atoms, -1, c))  # [N, D_in, C]
-        return agg.view(-1, c).index_select(0, self.in_slot)
+        out = []
+        for cbf, s, x in zip(self.cbf, sbf, self.pad_out(x_kj), strict=True):
+            h = s * x.unsqueeze(1)  # [n, L, D_out, C]
+            out.append(torch.bmm(cbf, h.reshape(h.shape[0], -1, c)).view(-1, c))  # [n*D_in, C]
+        agg = torch.cat(out) if len(out) > 1 else out[0]
+        return agg.index_select(0, self.in_slot)
 
 
 class _Residual(nn.Module):
@@ -255,9 +331,10 @@ class _Interaction(nn.Module):
         w = self.lin_sbf1.weight.view(self.basis_emb, self.num_spherical, self.num_radial)
         return torch.einsum("blr,cb->lrc", w, self.lin_sbf2.weight)
 
-    def forward(self, m: Tensor, rbf_proj: Tensor, sbf: Tensor, tri: _Triplets) -> Tensor:
-        """rbf_proj [E, hidden]: lin_rbf2(lin_rbf1(rbf)); sbf [N, L, D, int_emb]: the spherical
-        basis' radial factor of edges kj through lin_sbf2 . lin_sbf1, padded per atom."""
+    def forward(self, m: Tensor, rbf_proj: Tensor, sbf: list[Tensor], tri: _Triplets
+                ) -> Tensor:
+        """rbf_proj [E, hidden]: lin_rbf2(lin_rbf1(rbf)); sbf per atom group [n, L, D, int_emb]:
+        the spherical basis' radial factor of edges kj through lin_sbf2 . lin_sbf1, padded."""
         x_ji, x_kj = _swish(self.lin_ji(m)), _swish(self.lin_kj(m))
         x_kj = _swish(self.lin_down(x_kj * rbf_proj))  # [E, int_emb]
         h = x_ji + _swish(self.lin_up(tri.aggregate(sbf, x_kj)))
@@ -315,13 +392,14 @@ class DimeNetPP(nn.Module):
         tri = _Triplets(graph, n)
         tri.set_angles(vec / dist.unsqueeze(-1), self.sbf)
         rbf = self.rbf(dist)
-        rad = tri.radial(self.sbf.radial_by_l(dist))  # [N, L, D, R]
+        rad = tri.radial(self.sbf.radial_by_l(dist))  # per group [n, L, D, R]
         m = self.embedding(graph.species, self.embedding.lin_rbf(rbf), i, j)
         atom_sums = []
         for k, out in enumerate(self.outputs):
             if k:
                 blk = self.interactions[k - 1]
-                sbf = torch.matmul(rad, blk.sbf_kernel())  # [N, L, D, C]
+                kernel = blk.sbf_kernel()
+                sbf = [torch.matmul(r, kernel) for r in rad]  # per group [n, L, D, C]
                 m = blk(m, F.linear(rbf, blk.rbf_weight()), sbf, tri)
             x = out.lin_rbf(rbf) * m
             atom_sums.append(x.new_zeros(n, x.shape[1]).index_add_(0, i, x))
