@@ -80,6 +80,8 @@ def test_study_runs_resumes_and_reports(files, tmp_path):
     frozen_cfg = json.loads((tmp_path / "study" / "runs" / "frozen-n1-s0" / "config.json")
                             .read_text())
     assert any(n.startswith("network.embedding") for n in frozen_cfg["frozen"])
+    from congener.studies.learning_curve import report_only
+    assert report_only(cfg, tmp_path / "study")[1] == 2 * 3 + 3
     # rerun: nothing is retrained, results identical
     stamp = (tmp_path / "study" / "runs" / "scratch-n2-s0" / "metrics.json").stat().st_mtime
     run_study(cfg, tmp_path / "study")

@@ -18,8 +18,10 @@ from congener.cli import cli, parse_list
 @click.option("--workers", type=int, default=None, help="Parallel training processes.")
 @click.option("--sizes", default=None, help="Override training sizes, e.g. 1,10,50.")
 @click.option("--seeds", default=None, help="Override seeds, e.g. 0,1,2,3,4.")
+@click.option("--report-only", is_flag=True,
+              help="Write the report from the runs finished so far; train nothing.")
 def study_command(config: str | None, study_dir: str, workers: int | None, sizes: str | None,
-                  seeds: str | None) -> None:
+                  seeds: str | None, report_only: bool) -> None:
     """Learning-curve study: transfer against scratch over training sizes and seeds.
 
     Without CONFIG, runs the built-in demonstration: Stillinger-Weber Si and Ge data
@@ -35,6 +37,12 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
     overrides = {"workers": workers, "sizes": parse_list(sizes, int, "--sizes"),
                  "seeds": parse_list(seeds, int, "--seeds")}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if report_only:
+        from congener.studies.learning_curve import report_only as write_partial
+
+        path, count = write_partial(cfg, Path(study_dir))
+        click.echo(f"report of {count} finished runs: {path}")
+        return
     start = time.perf_counter()
     bar = None
     results = []

@@ -76,11 +76,14 @@ def plan_runs(cfg: StudyConfig, pool: Sequence, lrs: dict[Mode, float] | None = 
     if max(cfg.sizes) + cfg.target.val_size > n_pool:
         raise DataError(f"target pool has {n_pool} structures: too few for size "
                         f"{max(cfg.sizes)} plus {cfg.target.val_size} for validation")
+    draws = {}
     for seed in cfg.seeds:
         perm = np.random.default_rng(1000 + seed).permutation(n_pool).tolist()
         val, rest = tuple(sorted(perm[:cfg.target.val_size])), perm[cfg.target.val_size:]
-        subsets = nested_subsets(rest, cfg.sizes, seed=seed)
-        for size in cfg.sizes:
+        draws[seed] = (val, nested_subsets(rest, cfg.sizes, seed=seed))
+    for size in sorted(cfg.sizes):  # small sizes first: early partial results span all seeds
+        for seed in cfg.seeds:
+            val, subsets = draws[seed]
             for mode in cfg.modes:
                 runs.append(RunSpec(f"{mode}-n{size}-s{seed}", "curve", mode, size, seed,
                                     tuple(subsets[size]), val, (lrs or {}).get(mode)))
@@ -177,6 +180,30 @@ def _cores() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def finished(cfg: StudyConfig, study_dir: Path) -> list[tuple[RunSpec, dict[str, Any]]]:
+    """The runs of the study that have finished (their metrics.json exists)."""
+    pool = read_structures(study_dir / "data" / "target_pool.extxyz")
+    out = []
+    for spec in plan_runs(cfg, pool):
+        done = study_dir / "runs" / spec.name / "metrics.json"
+        if done.is_file():
+            out.append((spec, json.loads(done.read_text())))
+    return out
+
+
+def report_only(cfg: StudyConfig, study_dir: str | Path) -> tuple[Path, int]:
+    """Write the report from the runs finished so far (no training); returns (path, count)."""
+    from congener.studies.report import write_report
+
+    study_dir = Path(study_dir)
+    if not (study_dir / "data" / "target_pool.extxyz").is_file():
+        raise DataError(f"{study_dir} holds no study data yet")
+    results = finished(cfg, study_dir)
+    source = study_dir / "source" / "metrics.json"
+    src = json.loads(source.read_text()) if source.is_file() else None
+    return write_report(cfg, study_dir, results, src), len(results)
 
 
 def run_study(cfg: StudyConfig, study_dir: str | Path, *,
