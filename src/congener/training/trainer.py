@@ -95,7 +95,8 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
         if not torch.isfinite(terms.total):
             raise SimulationUnstable(f"training loss became {float(terms.total.detach())} at epoch "
                                      f"{epoch}; the last good checkpoint is kept")
-        terms.total.backward()
+        # Only parameter gradients: skips the unused second derivative w.r.t. positions.
+        terms.total.backward(inputs=[p for p in potential.parameters() if p.requires_grad])
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(potential.parameters(), cfg.grad_clip)
         opt.step()
