@@ -29,7 +29,7 @@ from congener.calculator import CongenerCalculator
 from congener.data.structures import read_structures
 from congener.errors import ConfigError, CongenerError
 from congener.models.checkpoint import load_potential
-from congener.studies.config import MDStage, PhononStage, RunSpec, StudyConfig
+from congener.studies.config import PhononStage, RunSpec, StudyConfig
 
 Log = Callable[[str], None]
 
@@ -113,7 +113,7 @@ def phonon_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunS
         "![phonon DOS](validation/phonons/dos.png)", ""])
 
 
-def _start_structure(study_dir: Path, stage: MDStage):
+def _start_structure(study_dir: Path):
     pool = read_structures(study_dir / "data" / "target_pool.extxyz")
     temps = np.array([float(a.info.get("temperature", -1.0)) for a in pool])
     return pool[int(np.argmax(temps))]  # the hottest (liquid) structure of the data set
@@ -126,7 +126,7 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
     out = study_dir / "validation" / "md"
     out.mkdir(parents=True, exist_ok=True)
     chosen = [s for s, _ in results if s.kind == "curve" and s.size in stage.sizes]
-    start = _start_structure(study_dir, stage)
+    start = _start_structure(study_dir)
     records, frames_by_key = [], {}
     for k, spec in enumerate(chosen):
         path = out / f"{spec.name}.json"
