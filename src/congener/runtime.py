@@ -33,12 +33,16 @@ def tune_allocator() -> bool:
     return ok
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def set_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads (default: all cores this process may use)."""
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    n = threads
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(max(1, threads or available_cores()))
     return torch.get_num_threads()
 
 

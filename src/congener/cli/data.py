@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -12,6 +11,7 @@ from congener.data.mlearn import MlearnSplit
 from congener.data.split import Stratify
 from congener.data.sw_protocol import Preset
 from congener.errors import ConfigError
+from congener.runtime import available_cores
 
 
 @cli.group()
@@ -21,10 +21,6 @@ def data() -> None:
 
 def _temperatures(text: str | None) -> tuple[float, ...] | None:
     return parse_list(text, float, "--temperatures")
-
-
-def _default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @data.command("sw", short_help="Stillinger-Weber MD data through LAMMPS.")
@@ -61,7 +57,7 @@ def sw_command(element: str, preset: str, output: str, params_path: str | None,
     protocol = SWProtocol.preset(preset).with_overrides(
         temperatures_K=_temperatures(temperatures), npt_steps=npt_steps, nvt_steps=nvt_steps,
         sample_every=sample_every, timestep_fs=timestep_fs)
-    workers = _default_workers() if workers is None else workers
+    workers = available_cores() if workers is None else workers
     out = Path(output)
     work = Path(workdir) if workdir else out.with_name(out.stem + ".work")
     with tqdm(total=len(protocol.temperatures_K), unit="T", desc=f"SW-MD {element}",

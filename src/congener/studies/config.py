@@ -222,4 +222,4 @@ def spec_from_dict(values: dict[str, Any]) -> RunSpec:
 
 def config_from_dict(values: dict[str, Any]) -> StudyConfig:
     """Rebuild a StudyConfig from `StudyConfig.as_dict()` (used in worker processes)."""
-    return study_config({k: v for k, v in values.items()})
+    return study_config(values)

@@ -26,6 +26,7 @@ import numpy as np
 from congener.data.split import nested_subsets, split_structures
 from congener.data.structures import read_structures, write_structures
 from congener.errors import CongenerError, DataError
+from congener.runtime import available_cores
 from congener.studies.config import Mode, RunSpec, StudyConfig
 from congener.studies.sources import load_spec
 
@@ -144,9 +145,8 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
 
     results, pending = [], []
     for spec in specs:
-        done = study_dir / "runs" / spec.name / "metrics.json"
-        if done.is_file():
-            res = json.loads(done.read_text())
+        res = _finished_metrics(study_dir, spec)
+        if res is not None:
             results.append((spec, res))
             if on_done:
                 on_done(spec, res)
@@ -160,7 +160,7 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
             if on_done:
                 on_done(spec, res)
         return results
-    threads = max(1, _cores() // cfg.workers)
+    threads = max(1, available_cores() // cfg.workers)
     with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_one, str(study_dir), cfg_dict, asdict(s), threads): s
                    for s in pending}
@@ -176,21 +176,17 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
     return results
 
 
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+def _finished_metrics(study_dir: Path, spec: RunSpec) -> dict[str, Any] | None:
+    """The metrics of a finished run (its metrics.json is written last), else None."""
+    done = study_dir / "runs" / spec.name / "metrics.json"
+    return json.loads(done.read_text()) if done.is_file() else None
 
 
 def finished(cfg: StudyConfig, study_dir: Path) -> list[tuple[RunSpec, dict[str, Any]]]:
     """The runs of the study that have finished (their metrics.json exists)."""
     pool = read_structures(study_dir / "data" / "target_pool.extxyz")
-    out = []
-    for spec in plan_runs(cfg, pool):
-        done = study_dir / "runs" / spec.name / "metrics.json"
-        if done.is_file():
-            out.append((spec, json.loads(done.read_text())))
-    return out
+    found = ((spec, _finished_metrics(study_dir, spec)) for spec in plan_runs(cfg, pool))
+    return [(spec, res) for spec, res in found if res is not None]
 
 
 def report_only(cfg: StudyConfig, study_dir: str | Path) -> tuple[Path, int]:
@@ -218,7 +214,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2, default=str))
     say = log or (lambda _msg: None)
-    prepare_data(cfg, study_dir, workers=max(cfg.workers, _cores()), progress=say)
+    prepare_data(cfg, study_dir, workers=max(cfg.workers, available_cores()), progress=say)
     source = {}
     if any(m != Mode.scratch for m in cfg.modes):
         say(f"source model: {cfg.source.model or 'training on ' + str(cfg.source.data)}")

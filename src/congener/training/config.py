@@ -66,7 +66,7 @@ def from_dict(cls: type, values: dict[str, Any] | None, section: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown key {section}.{unknown[0]} (known: {', '.join(known)})")
     for name, value in values.items():
-        default = getattr(cls, name, None) if hasattr(cls, name) else None
+        default = getattr(cls, name, None)
         if isinstance(default, bool) or default is None:
             continue
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
