@@ -48,7 +48,12 @@ def test_training_lowers_force_error(sw_sets, tmp_path):
 
 def test_force_only_fits_energy_constant(sw_sets):
     train, _ = sw_sets
-    data = LabelledSet(train, 4.0)
+    # mixed cell sizes: the constant is the mean per-atom offset, each structure weighing alike
+    calc = LammpsSWCalculator("Si")
+    big = rattled_diamond("Si", amount=0.3, seed=77).repeat((2, 2, 1))
+    big.calc = calc
+    big = label(big.copy(), energy=big.get_potential_energy(), forces=big.get_forces())
+    data = LabelledSet([*train[:3], big], 4.0)
     pot = small_potential(cutoff=4.0)
     refs = fit_energy_refs(pot, data)
     # with the constant fitted, the mean per-atom energy residual vanishes

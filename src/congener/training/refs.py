@@ -25,17 +25,20 @@ def network_energies(potential: Potential, data: LabelledSet, *, batch_size: int
 
 
 def fit_energy_refs(potential: Potential, data: LabelledSet) -> dict[str, float]:
-    """Set E_ref[Z] so that sum_atoms E_ref[Z] best fits E_DFT - E_network (least squares).
+    """Set E_ref[Z] so that sum_atoms E_ref[Z] best fits E_DFT - E_network per atom.
 
-    With one element this is the mean per-atom offset (the paper's energy constant). Returns
-    and sets the new references.
+    The least-squares residuals are per-atom energies (each row divided by its atom count), so
+    large and small cells weigh alike; with one element this is exactly the mean per-atom
+    offset (the paper's energy constant). Returns and sets the new references.
     """
     residual = data.energy.numpy() - network_energies(potential, data)
     elements = potential.elements
     counts = np.array([[int((a.numbers == atomic_numbers[e]).sum()) for e in elements]
                        for a in data.structures], dtype=float)
     present = counts.sum(0) > 0
-    solution = np.linalg.lstsq(counts[:, present], residual, rcond=None)[0]
+    n_atoms = counts.sum(1, keepdims=True)
+    solution = np.linalg.lstsq(counts[:, present] / n_atoms, residual / n_atoms[:, 0],
+                               rcond=None)[0]
     refs = dict(zip([e for e, p in zip(elements, present, strict=True) if p],
                     solution.tolist(), strict=True))
     potential.set_energy_refs(refs)
