@@ -104,3 +104,71 @@ def test_config_errors_are_one_line(tmp_path):
     bad.write_text("train: {lr: -1}\n")
     with pytest.raises(ConfigError, match=r"train\.lr must be > 0"):
         load_study_config(bad)
+
+
+def test_failed_run_is_recorded_and_retried(files, tmp_path, monkeypatch):
+    import congener.studies.run as run_module
+    from congener.errors import CongenerError, SimulationUnstable
+
+    cfg = tiny(files, seeds=[0], modes=["scratch"], temperature=None, workers=1)
+    original = run_module.run_one
+
+    def flaky(study_dir, cfg_dict, spec_dict, threads=0):
+        if spec_dict["name"] == "scratch-n2-s0":
+            raise SimulationUnstable("training loss became nan at epoch 0")
+        return original(study_dir, cfg_dict, spec_dict, threads)
+
+    monkeypatch.setattr(run_module, "run_one", flaky)
+    with pytest.raises(CongenerError, match=r"1 run\(s\) failed \(scratch-n2-s0\)"):
+        run_study(cfg, tmp_path / "s")
+    runs = tmp_path / "s" / "runs"
+    assert (runs / "scratch-n1-s0" / "metrics.json").is_file()  # the other run finished
+    assert "nan at epoch 0" in json.loads((runs / "scratch-n2-s0" / "failed.json")
+                                          .read_text())["error"]
+    assert "scratch-n2-s0`: training loss became nan" in (tmp_path / "s" / "report.md").read_text()
+    monkeypatch.setattr(run_module, "run_one", original)
+    run_study(cfg, tmp_path / "s")  # the retry succeeds and clears the failure
+    assert (runs / "scratch-n2-s0" / "metrics.json").is_file()
+    assert not (runs / "scratch-n2-s0" / "failed.json").exists()
+    assert "Failed runs" not in (tmp_path / "s" / "report.md").read_text()
+    # finished runs belong to their settings: another learning rate needs another folder
+    with pytest.raises(ConfigError, match=r"other settings \(train\)"):
+        run_study(tiny(files, seeds=[0], modes=["scratch"], temperature=None, workers=1,
+                       train={"batch_size": 2, "lr": 0.01}), tmp_path / "s")
+    # but more seeds may be added to the same folder
+    run_study(tiny(files, seeds=[0, 1], modes=["scratch"], temperature=None, workers=1),
+              tmp_path / "s")
+    assert (runs / "scratch-n2-s1" / "metrics.json").is_file()
+
+
+def test_paired_improvement_counts_wins():
+    from congener.studies.report import paired_improvement
+
+    table = [{"kind": "curve", "mode": m, "size": 10, "seed": k, "force_mae": v}
+             for m, vals in (("scratch", [0.2, 0.1, 0.3]), ("transfer", [0.1, 0.2, 0.15]))
+             for k, v in enumerate(vals)]
+    mean, std, wins, n = paired_improvement(table, "force_mae")[10]
+    gains = [50.0, -100.0, 50.0]
+    assert (wins, n) == (2, 3)
+    assert mean == pytest.approx(np.mean(gains)) and std == pytest.approx(np.std(gains, ddof=1))
+
+
+def test_search_over_learning_rate_and_decay(files):
+    from congener.data.structures import read_structures
+    from congener.studies.learning_curve import best_settings, plan_hpo
+    from congener.studies.run import run_config
+
+    cfg = tiny(files, hpo={"size": 2, "lr": [1e-3, 3e-3], "decay": [0.1, 0.01]})
+    pool = read_structures(files / "ge.extxyz")
+    runs = plan_hpo(cfg, pool)
+    assert len(runs) == 3 * 2 * 2 and {r.kind for r in runs} == {"hpo"}
+    assert len({r.name for r in runs}) == len(runs)
+    # the lowest validation loss wins, per mode; the curve runs then use its lr and decay
+    scores = {(r.lr, r.decay): (1.0 if (r.lr, r.decay) != (3e-3, 0.01) else 0.5) for r in runs}
+    choices = best_settings([(r, {"val": {"val_loss": scores[(r.lr, r.decay)]}}) for r in runs])
+    assert choices[Mode.scratch] == (3e-3, 0.01)
+    curve = [r for r in plan_runs(cfg, pool, choices) if r.kind == "curve"]
+    tcfg = run_config(cfg, curve[0].size, 0, curve[0].lr, 1, curve[0].decay)
+    assert tcfg.lr == 3e-3 and tcfg.lr_final == pytest.approx(3e-5)
+    with pytest.raises(ConfigError, match=r"hpo\.decay"):
+        tiny(files, hpo={"lr": [1e-3], "decay": [2.0]})

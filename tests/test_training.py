@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,39 @@ def test_nan_stops_with_clear_error(sw_sets, tmp_path):
     with pytest.raises(SimulationUnstable, match="epoch 0"):
         fit(pot, LabelledSet(train, 4.0), LabelledSet(val, 4.0), TrainConfig(epochs=2),
             run_dir=tmp_path / "nan")
+
+
+def test_nan_after_good_epochs_keeps_best_model(sw_sets, tmp_path):
+    train, val = sw_sets
+    pot = small_potential(cutoff=4.0)
+    cfg = TrainConfig(epochs=4, batch_size=4, seed=3)
+
+    def poison(row):
+        if row["epoch"] == 1:
+            with torch.no_grad():
+                pot.network.outputs[1].lins[0].weight.fill_(float("nan"))
+
+    with pytest.raises(SimulationUnstable, match=r"epoch 2.*best model so far.*model\.pt"):
+        fit(pot, LabelledSet(train, 4.0), LabelledSet(val, 4.0), cfg, run_dir=tmp_path / "r",
+            callback=poison)
+    assert all(torch.isfinite(v).all() for v in pot.state_dict().values())
+    saved = load_potential(tmp_path / "r" / "model.pt")
+    assert all(torch.isfinite(v).all() for v in saved.state_dict().values())
+    meta = torch.load(tmp_path / "r" / "model.pt", weights_only=True)["metadata"]
+    assert "stopped" in meta["note"]
+
+
+def test_resume_ignores_threads_and_keeps_early_stop(sw_sets, tmp_path):
+    train, val = sw_sets
+    tset, vset = LabelledSet(train, 4.0), LabelledSet(val, 4.0)
+    cfg = TrainConfig(epochs=30, batch_size=4, lr=1e-9, lr_final=1e-9, seed=4, patience=2,
+                      threads=1)
+    first = fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "r")
+    assert first.stopped_early and len(first.history) < 30
+    # a rerun with another thread count resumes, and the early-stopped run stays stopped
+    again = fit(small_potential(cutoff=4.0), tset, vset, replace(cfg, threads=2),
+                run_dir=tmp_path / "r")
+    assert again.stopped_early and len(again.history) == len(first.history)
 
 
 def test_checkpoint_roundtrip_and_corruption(sw_sets, tmp_path):

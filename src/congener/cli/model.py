@@ -113,7 +113,10 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
     from congener.models.checkpoint import build_potential
 
     model_cfg, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES}, cutoff)
+    import torch
+
     train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initial weights follow --seed: the same seed, same model
     potential = build_potential(elements_of(train + val), model_cfg)
     meta = {"mode": "scratch", "train_data": file_hash_of(train_file)}
     _run(potential, train, val, model_cfg, cfg, run_dir, test_file, meta=meta)
@@ -138,6 +141,7 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
     from congener.data.structures import file_hash_of
     from congener.models.checkpoint import load_potential
     from congener.training import transfer
+    from congener.training.config import read_mapping
 
     pairs = {}
     for item in mapping:
@@ -145,7 +149,12 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
         if not sep or not src or not dst:
             raise ConfigError(f"--map takes SOURCE=TARGET, e.g. Si=Ge (got {item!r})")
         pairs[src.strip()] = dst.strip()
+    if soft_freeze is not None and not freeze_parts:
+        raise ConfigError("--soft-freeze scales the parts named by --freeze; give --freeze too")
     _, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES})
+    if config_file and read_mapping(config_file).get("model"):
+        raise ConfigError(f"{config_file}: a transfer keeps the source model's architecture; "
+                          "remove its model section")
     potential = transfer.map_species(load_potential(source_model), pairs,
                                      fresh_embedding=fresh_embedding, seed=cfg.seed)
     scales = None

@@ -63,6 +63,7 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
     if bar is not None:
         bar.close()
     click.echo("\nTest errors, mean ± std over seeds:\n")
-    click.echo(markdown_table(summary(rows(results))))
+    table = rows(results)
+    click.echo(markdown_table(summary(table), table))
     click.echo(f"\nreport: {report}\nplots: {Path(study_dir) / 'learning_curves.png'}"
                f"  (finished in {time.perf_counter() - start:.0f} s)")

@@ -17,7 +17,7 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     freeze: [embedding, interaction:0]   # used by the `frozen` mode
     soft_freeze: null             # a factor: `frozen` mode scales instead of freezing
     temperature: {temperature_K: 2000, sizes: [1]}  # transferability runs (optional)
-    hpo: {size: 10, lr: [0.001, 0.003]}                 # per-mode lr search (optional)
+    hpo: {size: 10, lr: [0.001, 0.003], decay: [0.1, 0.01]}  # per-mode search (optional)
     phonons: {runs: temperature, size: 1, reference: sw}  # DOS stage (null: off)
     md: {sizes: [10], trajectories: 2, temperature_K: 1200, timestep_fs: 0.5, steps: 400}
     workers: 2
@@ -84,8 +84,18 @@ class TemperatureSpec:
 
 @dataclass(frozen=True)
 class HPOSpec:
+    """Search per mode on the validation set (size `size`, first seed): initial learning rates
+    `lr` and, optionally, decays `decay` (lr_final / lr; default: the train section's)."""
+
     size: int = 10
     lr: tuple[float, ...] = (1e-3, 3e-3)
+    decay: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lr or min(self.lr) <= 0:
+            raise ConfigError("hpo.lr must list positive learning rates")
+        if self.decay is not None and (not self.decay or not all(0 < d <= 1 for d in self.decay)):
+            raise ConfigError("hpo.decay must list ratios lr_final/lr in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -211,6 +221,7 @@ class RunSpec:
     train_idx: tuple[int, ...]
     val_idx: tuple[int, ...]
     lr: float | None = None
+    decay: float | None = None  # lr_final / lr; None: the study's train section decides
 
 
 def spec_from_dict(values: dict[str, Any]) -> RunSpec:

@@ -8,7 +8,9 @@ Layout of a study folder:
     results.csv, report.md, *.png
 
 Every run is independent and writes `metrics.json` last, so running the study again skips
-finished runs and resumes interrupted ones from their checkpoints.
+finished runs and resumes interrupted ones from their checkpoints. A run that fails (a NaN
+loss, unreadable data) writes `failed.json` instead; the others go on, the report lists it,
+and the next invocation retries it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,33 @@ import numpy as np
 
 from congener.data.split import nested_subsets, split_structures
 from congener.data.structures import read_structures, write_structures
-from congener.errors import CongenerError, DataError
+from congener.errors import ConfigError, CongenerError, DataError
 from congener.runtime import available_cores
 from congener.studies.config import Mode, RunSpec, StudyConfig
 from congener.studies.sources import load_spec
 
 RunDone = Callable[["RunSpec", dict[str, Any]], None]
+
+# Settings that decide what a finished run means; a study folder keeps them fixed. Sizes,
+# seeds, modes, workers and the validation stages may change between invocations.
+FIXED_SETTINGS = ("target", "source", "mapping", "model", "train", "source_train", "budget",
+                  "hpo", "freeze", "soft_freeze")
+
+
+def check_settings(cfg: StudyConfig, study_dir: Path) -> None:
+    """Refuse to continue a study folder whose finished runs used other settings."""
+    path = study_dir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return  # unreadable: rewritten below; run folders carry their own configs
+    new = json.loads(json.dumps(cfg.as_dict(), default=str))
+    changed = [k for k in FIXED_SETTINGS if k in old and old[k] != new.get(k)]
+    if changed:
+        raise ConfigError(f"{study_dir} holds a study with other settings ({', '.join(changed)}"
+                          "); use another output folder (-o) or the same settings")
 
 
 def prepare_data(cfg: StudyConfig, study_dir: Path, *, workers: int = 1,
@@ -69,7 +92,10 @@ def _has_temperature(structures: Sequence) -> bool:
     return all("temperature" in a.info for a in structures)
 
 
-def plan_runs(cfg: StudyConfig, pool: Sequence, lrs: dict[Mode, float] | None = None
+Choices = dict[Mode, tuple[float, float | None]]  # mode -> (lr, decay) from the search
+
+
+def plan_runs(cfg: StudyConfig, pool: Sequence, choices: Choices | None = None
               ) -> list[RunSpec]:
     """The study's runs: learning curve (nested subsets per seed) and temperature runs."""
     runs: list[RunSpec] = []
@@ -87,13 +113,14 @@ def plan_runs(cfg: StudyConfig, pool: Sequence, lrs: dict[Mode, float] | None = 
             val, subsets = draws[seed]
             for mode in cfg.modes:
                 runs.append(RunSpec(f"{mode}-n{size}-s{seed}", "curve", mode, size, seed,
-                                    tuple(subsets[size]), val, (lrs or {}).get(mode)))
+                                    tuple(subsets[size]), val,
+                                    *(choices or {}).get(mode, (None, None))))
     if cfg.temperature is not None:
-        runs += _temperature_runs(cfg, pool, lrs)
+        runs += _temperature_runs(cfg, pool, choices)
     return runs
 
 
-def _temperature_runs(cfg: StudyConfig, pool: Sequence, lrs: dict[Mode, float] | None
+def _temperature_runs(cfg: StudyConfig, pool: Sequence, choices: Choices | None
                       ) -> list[RunSpec]:
     spec = cfg.temperature
     temps = np.array([float(a.info.get("temperature", np.nan)) for a in pool])
@@ -114,28 +141,30 @@ def _temperature_runs(cfg: StudyConfig, pool: Sequence, lrs: dict[Mode, float] |
             for mode in cfg.modes:
                 runs.append(RunSpec(f"T{nearest:.0f}-{mode}-n{size}-s{seed}", "temperature",
                                     mode, size, seed, tuple(subsets[size]), val,
-                                    (lrs or {}).get(mode)))
+                                    *(choices or {}).get(mode, (None, None))))
     return runs
 
 
 def plan_hpo(cfg: StudyConfig, pool: Sequence) -> list[RunSpec]:
-    """Learning-rate search runs: one per (mode, lr) at `hpo.size`, first seed."""
+    """Search runs: one per (mode, lr[, decay]) at `hpo.size`, first seed."""
     if cfg.hpo is None:
         return []
     probe = replace(cfg, sizes=(cfg.hpo.size,), seeds=cfg.seeds[:1], temperature=None)
     base = plan_runs(probe, pool)
-    return [replace(r, name=f"hpo-{r.mode}-lr{lr:g}", kind="hpo", lr=lr)
-            for r in base for lr in cfg.hpo.lr]
+    decays = cfg.hpo.decay or (None,)
+    return [replace(r, name=f"hpo-{r.mode}-lr{lr:g}" + (f"-decay{d:g}" if d else ""),
+                    kind="hpo", lr=lr, decay=d)
+            for r in base for lr in cfg.hpo.lr for d in decays]
 
 
-def best_lrs(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> dict[Mode, float]:
-    """Per mode, the learning rate with the lowest validation loss among HPO runs."""
-    best: dict[Mode, tuple[float, float]] = {}
+def best_settings(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> Choices:
+    """Per mode, the (lr, decay) with the lowest validation loss among the search runs."""
+    best: dict[Mode, tuple[float, float, float | None]] = {}
     for spec, res in results:
         score = res["val"]["val_loss"]
         if spec.mode not in best or score < best[spec.mode][0]:
-            best[spec.mode] = (score, float(spec.lr))
-    return {m: lr for m, (_, lr) in best.items()}
+            best[spec.mode] = (score, float(spec.lr), spec.decay)
+    return {m: (lr, decay) for m, (_, lr, decay) in best.items()}
 
 
 def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
@@ -144,6 +173,15 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
     from congener.studies.run import run_one
 
     results, pending = [], []
+
+    def done(spec: RunSpec, res: dict[str, Any] | None, error: BaseException | None) -> None:
+        if error is not None:  # recorded and skipped: one bad run must not stop the study
+            _record_failure(study_dir, spec, error)
+            return
+        results.append((spec, res))
+        if on_done:
+            on_done(spec, res)
+
     for spec in specs:
         res = _finished_metrics(study_dir, spec)
         if res is not None:
@@ -155,31 +193,50 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
     cfg_dict = cfg.as_dict()
     if cfg.workers == 1 or len(pending) <= 1:
         for spec in pending:
-            res = run_one(str(study_dir), cfg_dict, asdict(spec), threads=0)
-            results.append((spec, res))
-            if on_done:
-                on_done(spec, res)
+            try:
+                res, error = run_one(str(study_dir), cfg_dict, asdict(spec), threads=0), None
+            except Exception as exc:
+                res, error = None, exc
+            done(spec, res, error)
         return results
     threads = max(1, available_cores() // cfg.workers)
     with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_one, str(study_dir), cfg_dict, asdict(s), threads): s
                    for s in pending}
         for future in as_completed(futures):
-            spec = futures[future]
-            try:
-                res = future.result()
-            except CongenerError as exc:
-                raise type(exc)(f"run {spec.name}: {exc}") from exc
-            results.append((spec, res))
-            if on_done:
-                on_done(spec, res)
+            error = future.exception()
+            done(futures[future], None if error else future.result(), error)
     return results
+
+
+def _record_failure(study_dir: Path, spec: RunSpec, error: BaseException) -> None:
+    run_dir = study_dir / "runs" / spec.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kind = "" if isinstance(error, CongenerError) else f"{type(error).__name__}: "
+    (run_dir / "failed.json").write_text(json.dumps(
+        {"run": spec.name, "error": f"{kind}{error}"}, indent=2))
+
+
+def failures(study_dir: Path, specs: Sequence[RunSpec]) -> dict[str, str]:
+    """Run name -> error message, for the runs of `specs` whose last attempt failed."""
+    out = {}
+    for spec in specs:
+        path = study_dir / "runs" / spec.name / "failed.json"
+        if path.is_file() and not (path.parent / "metrics.json").is_file():
+            try:
+                out[spec.name] = json.loads(path.read_text())["error"]
+            except (ValueError, KeyError):
+                out[spec.name] = "unreadable failed.json"
+    return out
 
 
 def _finished_metrics(study_dir: Path, spec: RunSpec) -> dict[str, Any] | None:
     """The metrics of a finished run (its metrics.json is written last), else None."""
     done = study_dir / "runs" / spec.name / "metrics.json"
-    return json.loads(done.read_text()) if done.is_file() else None
+    try:
+        return json.loads(done.read_text()) if done.is_file() else None
+    except ValueError:  # a truncated file (killed while writing): run it again
+        return None
 
 
 def finished(cfg: StudyConfig, study_dir: Path) -> list[tuple[RunSpec, dict[str, Any]]]:
@@ -199,7 +256,9 @@ def report_only(cfg: StudyConfig, study_dir: str | Path) -> tuple[Path, int]:
     results = finished(cfg, study_dir)
     source = study_dir / "source" / "metrics.json"
     src = json.loads(source.read_text()) if source.is_file() else None
-    return write_report(cfg, study_dir, results, src), len(results)
+    pool = read_structures(study_dir / "data" / "target_pool.extxyz")
+    failed = failures(study_dir, plan_runs(cfg, pool))
+    return write_report(cfg, study_dir, results, src, failed=failed), len(results)
 
 
 def run_study(cfg: StudyConfig, study_dir: str | Path, *,
@@ -212,6 +271,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
 
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(cfg, study_dir)
     (study_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2, default=str))
     say = log or (lambda _msg: None)
     prepare_data(cfg, study_dir, workers=max(cfg.workers, available_cores()), progress=say)
@@ -220,16 +280,18 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
         say(f"source model: {cfg.source.model or 'training on ' + str(cfg.source.data)}")
         source = train_source(cfg, study_dir, callback=on_epoch)
     pool = read_structures(study_dir / "data" / "target_pool.extxyz")
-    lrs = None
+    choices = None
     hpo = plan_hpo(cfg, pool)
     if hpo:
-        say(f"learning-rate search: {len(hpo)} runs")
-        lrs = best_lrs(execute(cfg, study_dir, hpo, on_done=on_done))
-        say("chosen learning rates: " + ", ".join(f"{m}={lr:g}" for m, lr in lrs.items()))
-    specs = plan_runs(cfg, pool, lrs)
+        say(f"hyperparameter search: {len(hpo)} runs")
+        choices = best_settings(execute(cfg, study_dir, hpo, on_done=on_done))
+        say("chosen: " + ", ".join(f"{m} lr {lr:g}" + (f" decay {d:g}" if d else "")
+                                   for m, (lr, d) in choices.items()))
+    specs = plan_runs(cfg, pool, choices)
     say(f"{len(specs)} runs ({cfg.workers} worker{'s' * (cfg.workers > 1)})")
     results = execute(cfg, study_dir, specs, on_done=on_done)
-    write_report(cfg, study_dir, results, source)  # test errors first, stages may take long
+    failed = failures(study_dir, [*hpo, *specs])
+    write_report(cfg, study_dir, results, source, failed=failed)  # stages may take long
     sections = []
     if cfg.phonons is not None:
         from congener.studies.validation import phonon_stage
@@ -239,4 +301,11 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
         from congener.studies.validation import md_stage
 
         sections.append(md_stage(cfg, study_dir, results, say))
-    return write_report(cfg, study_dir, results, source, extra="\n".join(sections))
+    report = write_report(cfg, study_dir, results, source, extra="\n".join(sections),
+                          failed=failed)
+    if failed:
+        names = ", ".join(sorted(failed)[:5]) + (", ..." if len(failed) > 5 else "")
+        raise CongenerError(f"{len(failed)} run(s) failed ({names}): {report} covers the "
+                            "others; each failed run's folder holds failed.json with the "
+                            "error; run the study again to retry them")
+    return report

@@ -40,14 +40,19 @@ def write_csv(path: Path, table: Sequence[dict[str, Any]]) -> Path:
 
 def summary(table: Sequence[dict[str, Any]], kind: str = "curve"
             ) -> dict[tuple[str, int], dict[str, tuple[float, float, int]]]:
-    """(mode, size) -> metric -> (mean, std over seeds, number of seeds)."""
+    """(mode, size) -> metric -> (mean, sample std over seeds (ddof 1), number of seeds)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in table:
         if r["kind"] == kind:
             groups[(r["mode"], r["size"])].append(r)
-    return {key: {m: (float(np.mean([r[m] for r in rs])), float(np.std([r[m] for r in rs])),
-                      len(rs)) for m in ("energy_mae", "force_mae", "seconds")}
+    return {key: {m: _mean_std([r[m] for r in rs]) for m in ("energy_mae", "force_mae",
+                                                             "seconds")}
             for key, rs in sorted(groups.items())}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
 
 
 def improvement(stats: dict, metric: str, base: str = "scratch", other: str = "transfer"
@@ -56,6 +61,24 @@ def improvement(stats: dict, metric: str, base: str = "scratch", other: str = "t
     sizes = sorted({s for (_, s) in stats})
     return {s: 100 * (1 - stats[(other, s)][metric][0] / stats[(base, s)][metric][0])
             for s in sizes if (base, s) in stats and (other, s) in stats}
+
+
+def paired_improvement(table: Sequence[dict[str, Any]], metric: str, base: str = "scratch",
+                       other: str = "transfer", kind: str = "curve"
+                       ) -> dict[int, tuple[float, float, int, int]]:
+    """Per size, over seeds run in both modes (same training set per seed): the relative
+    reduction (%) of `metric` by `other`, as (mean, sample std, seeds where `other` wins,
+    seeds)."""
+    by = {(r["mode"], r["size"], r["seed"]): r[metric] for r in table if r["kind"] == kind}
+    out = {}
+    for size in sorted({s for (_, s, _) in by}):
+        pairs = [(by[(base, size, k)], by[(other, size, k)]) for (m, s, k) in by
+                 if m == base and s == size and (other, size, k) in by]
+        if pairs:
+            gains = [100 * (1 - o / b) for b, o in pairs]
+            mean, std, n = _mean_std(gains)
+            out[size] = (mean, std, sum(o < b for b, o in pairs), n)
+    return out
 
 
 def plot_learning_curves(stats: dict, path: Path) -> Path:
@@ -118,8 +141,10 @@ def _pyplot():
     return plt
 
 
-def markdown_table(stats: dict) -> str:
-    """Mean ± std per (size, mode) with relative improvement of transfer over scratch."""
+def markdown_table(stats: dict, table: Sequence[dict[str, Any]] = (), kind: str = "curve"
+                   ) -> str:
+    """Mean ± std per (size, mode); with the run `table`, the per-seed (paired) reduction of
+    the errors by transfer against scratch."""
     modes = sorted({m for (m, _) in stats})
     sizes = sorted({s for (_, s) in stats})
     head = "| size | " + " | ".join(f"{m} E (meV/atom) | {m} F (eV/Å)" for m in modes)
@@ -135,15 +160,29 @@ def markdown_table(stats: dict) -> str:
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     if "scratch" in modes and "transfer" in modes:
         de, df = improvement(stats, "energy_mae"), improvement(stats, "force_mae")
-        lines += ["", "| size | energy MAE reduction by transfer | force MAE reduction |",
-                  "|---|---|---|"]
-        lines += [f"| {s} | {de[s]:+.0f} % | {df[s]:+.0f} % |" for s in sorted(de)]
+        pe = paired_improvement(table, "energy_mae", kind=kind)
+        pf = paired_improvement(table, "force_mae", kind=kind)
+        lines += ["", "Reduction of the error by transfer: of the means, and per seed (same "
+                  "training set in both modes) as mean ± std with the seeds transfer wins.", "",
+                  "| size | energy: of means | energy: per seed | force: of means | "
+                  "force: per seed |", "|---|---|---|---|---|"]
+        for s in sorted(de):
+            cells = [f"{de[s]:+.0f} %", _paired(pe.get(s)), f"{df[s]:+.0f} %", _paired(pf.get(s))]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _paired(value: tuple[float, float, int, int] | None) -> str:
+    if value is None:
+        return ""
+    mean, std, wins, n = value
+    return f"{mean:+.0f} ± {std:.0f} % ({wins}/{n})"
 
 
 def write_report(cfg: StudyConfig, study_dir: Path,
                  results: Sequence[tuple[RunSpec, dict[str, Any]]],
-                 source: dict[str, Any] | None = None, extra: str = "") -> Path:
+                 source: dict[str, Any] | None = None, extra: str = "",
+                 failed: dict[str, str] | None = None) -> Path:
     """results.csv, learning_curves.png, temperature.png and report.md in `study_dir`."""
     table = rows(results)
     write_csv(study_dir / "results.csv", table)
@@ -161,16 +200,21 @@ def write_report(cfg: StudyConfig, study_dir: Path,
     if stats:
         plot_learning_curves(stats, study_dir / "learning_curves.png")
         parts += ["## Learning curve (test set, mean ± std over seeds)", "",
-                  markdown_table(stats), "", "![learning curves](learning_curves.png)", ""]
+                  markdown_table(stats, table), "", "![learning curves](learning_curves.png)", ""]
     if any(s.kind == "temperature" for s, _ in results):
         plot_temperature(results, study_dir / "temperature.png")
         t_stats = summary(table, "temperature")
         parts += ["## Temperature transferability", "",
                   f"Trained on samples at one temperature ({cfg.temperature.temperature_K:.0f} K "
                   "or the nearest available), tested at all temperatures.", "",
-                  markdown_table(t_stats), "", "![temperature](temperature.png)", ""]
+                  markdown_table(t_stats, table, "temperature"), "",
+                  "![temperature](temperature.png)", ""]
     if extra:
         parts += [extra, ""]
+    if failed:
+        parts += ["## Failed runs", "", "Not in the tables above; run the study again to retry "
+                  "them (each folder's `failed.json` holds the error).", ""]
+        parts += [f"- `{name}`: {error}" for name, error in sorted(failed.items())] + [""]
     parts += ["All runs: `results.csv`; each run's folder under `runs/` holds its config, "
               "checkpoints and metrics."]
     path = study_dir / "report.md"

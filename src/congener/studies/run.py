@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from congener.analysis.errors import breakdown, evaluate, force_mae_per_structure, metrics
-from congener.data.structures import elements_of, read_structures
+from congener.data.structures import elements_of, file_hash_of, read_structures
 from congener.models.checkpoint import build_potential, load_potential
 from congener.models.potential import Potential
 from congener.studies.config import Mode, StudyConfig, config_from_dict, spec_from_dict
@@ -41,11 +41,12 @@ def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, 
     tcfg = replace(cfg.source_train,
                    val_every=max(1, cfg.source_train.epochs // cfg.budget.validations))
     result = fit(potential, tset, vset, tcfg, run_dir=out, callback=callback,
-                 metadata={"mode": "source", "study": cfg.name})
+                 metadata={"mode": "source", "study": cfg.name,
+                           "train_data": file_hash_of(study_dir / "data" / "source_train.extxyz")})
     final = metrics(evaluate(potential, vset))  # after the force-only energy refit
     res = {"val": {"val_energy_mae": final["energy_mae"], "val_force_mae": final["force_mae"]},
            "seconds": result.seconds, "epochs": len(result.history), "n_train": len(train)}
-    done.write_text(json.dumps(res, indent=2))
+    _write_json(done, res)
     return res
 
 
@@ -63,13 +64,16 @@ def _initial_model(cfg: StudyConfig, mode: Mode, study_dir: Path, elements: list
     return potential, None, []
 
 
-def run_config(cfg: StudyConfig, size: int, seed: int, lr: float | None, threads: int
-               ) -> TrainConfig:
-    """The training configuration of one run: the study's base with a size-scaled budget."""
+def run_config(cfg: StudyConfig, size: int, seed: int, lr: float | None, threads: int,
+               decay: float | None = None) -> TrainConfig:
+    """The training configuration of one run: the study's base with a size-scaled budget,
+    its learning rate and decay (lr_final / lr) when chosen by the search."""
     epochs = cfg.budget.epochs(size, cfg.train.batch_size)
-    return replace(cfg.train, seed=seed, epochs=epochs, threads=threads,
-                   lr=lr or cfg.train.lr, lr_final=cfg.train.lr_final * (lr or cfg.train.lr)
-                   / cfg.train.lr, val_every=max(1, math.ceil(epochs / cfg.budget.validations)))
+    lr = lr or cfg.train.lr
+    decay = decay or cfg.train.lr_final / cfg.train.lr
+    return replace(cfg.train, seed=seed, epochs=epochs, threads=threads, lr=lr,
+                   lr_final=lr * decay,
+                   val_every=max(1, math.ceil(epochs / cfg.budget.validations)))
 
 
 def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
@@ -79,11 +83,12 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     cfg, spec = config_from_dict(cfg_dict), spec_from_dict(spec_dict)
     run_dir = root / "runs" / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "failed.json").unlink(missing_ok=True)  # a retry of a failed run
     pool = read_structures(root / "data" / "target_pool.extxyz")
     test = read_structures(root / "data" / "target_test.extxyz")
     train = [pool[k] for k in spec.train_idx]
     val = [pool[k] for k in spec.val_idx]
-    tcfg = run_config(cfg, spec.size, spec.seed, spec.lr, threads)
+    tcfg = run_config(cfg, spec.size, spec.seed, spec.lr, threads, spec.decay)
     potential, scales, frozen = _initial_model(cfg, spec.mode, root, elements_of(pool), spec.seed)
     (run_dir / "config.json").write_text(json.dumps(
         {"run": asdict(spec), "train": asdict(tcfg), "model": asdict(cfg.model),
@@ -91,12 +96,21 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     cutoff = potential.cutoff
     result = fit(potential, LabelledSet(train, cutoff), LabelledSet(val, cutoff), tcfg,
                  run_dir=run_dir, lr_scales=scales,
-                 metadata={"mode": str(spec.mode), "run": spec.name, "study": cfg.name})
+                 metadata={"mode": str(spec.mode), "run": spec.name, "study": cfg.name,
+                           "train_data": f"{file_hash_of(root / 'data' / 'target_pool.extxyz')}"
+                                         f" rows {list(spec.train_idx)}"})
     ev = evaluate(potential, LabelledSet(test, cutoff, name="test set"))
     res = {"run": asdict(spec) | {"mode": str(spec.mode)}, "test": metrics(ev),
            "val": result.best_val, "epochs": len(result.history), "seconds": result.seconds,
            "by_temperature": breakdown(ev, "temperature"),
            "per_structure_force_mae": force_mae_per_structure(ev).tolist(),
            "temperatures": np.nan_to_num(ev.temperatures, nan=-1).tolist()}
-    (run_dir / "metrics.json").write_text(json.dumps(res, indent=2))
+    _write_json(run_dir / "metrics.json", res)
     return res
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: metrics.json marks a finished run, so it is never left half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

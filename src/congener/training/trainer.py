@@ -94,7 +94,7 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
                      stress_weight=cfg.stress_weight)
         if not torch.isfinite(terms.total):
             raise SimulationUnstable(f"training loss became {float(terms.total.detach())} at epoch "
-                                     f"{epoch}; the last good checkpoint is kept")
+                                     f"{epoch}")
         # Only parameter gradients: skips the unused second derivative w.r.t. positions.
         terms.total.backward(inputs=[p for p in potential.parameters() if p.requires_grad])
         if cfg.grad_clip > 0:
@@ -136,13 +136,18 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
         state, rng = _resume(run_dir / "last.pt", potential, opt, cfg)
     best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
     if run_dir and (run_dir / "best_state.pt").exists():
-        best_state = torch.load(run_dir / "best_state.pt", weights_only=True)
+        best_state = _load_best_state(run_dir / "best_state.pt")
     start = time.perf_counter() - state["seconds"]
-    stopped = False
     for epoch in range(state["epoch"], cfg.epochs):
+        if state.get("stopped"):  # an early-stopped run that is rerun stays stopped
+            break
         potential.train()
         lr = _set_lr(opt, cfg, epoch)
-        row = {"epoch": epoch, "lr": lr, **_train_epoch(potential, train, cfg, opt, rng, epoch)}
+        try:
+            epoch_terms = _train_epoch(potential, train, cfg, opt, rng, epoch)
+        except SimulationUnstable as exc:
+            _stop_unstable(exc, potential, train, cfg, best_state, state, run_dir, metadata)
+        row = {"epoch": epoch, "lr": lr, **epoch_terms}
         checked = (epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1
         nan = float("nan")
         row.update(validate(potential, val, cfg) if checked else
@@ -154,40 +159,78 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
             state.update(best_val=row["val_loss"], best_epoch=epoch, bad=0)
             best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
             if run_dir:
-                torch.save(best_state, run_dir / "best_state.pt")
+                _save_atomic(best_state, run_dir / "best_state.pt")
         elif checked:
             state["bad"] += 1
-        state.update(epoch=epoch + 1, seconds=row["seconds"])
+        state.update(epoch=epoch + 1, seconds=row["seconds"],
+                     stopped=bool(cfg.patience and state["bad"] >= cfg.patience))
         if run_dir:
             _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata, improved)
         if callback:
             callback(row)
-        if cfg.patience and state["bad"] >= cfg.patience:
-            stopped = True
-            break
+    return _finish(potential, train, cfg, best_state, state, run_dir, metadata,
+                   time.perf_counter() - start)
+
+
+def _finish(potential: Potential, train: LabelledSet, cfg: TrainConfig, best_state: dict,
+            state: dict, run_dir: Path | None, metadata: dict[str, Any] | None, seconds: float,
+            note: str | None = None) -> TrainResult:
+    """Load the best weights, refit the energy constant (force-only), write model.pt."""
     potential.load_state_dict(best_state)
     if cfg.force_only:
         fit_energy_refs(potential, train)
     best_row = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
     result = TrainResult(state["history"], state["best_epoch"], best_row,
-                         potential.get_energy_refs(), time.perf_counter() - start, run_dir,
-                         stopped)
+                         potential.get_energy_refs(), seconds, run_dir,
+                         bool(state.get("stopped")))
     if run_dir:
         meta = {**(metadata or {}), "train_config": asdict(cfg), "best_epoch": result.best_epoch}
-        save_potential(run_dir / "model.pt", potential, meta)
+        save_potential(run_dir / "model.pt", potential, meta | ({"note": note} if note else {}))
     return result
+
+
+def _stop_unstable(exc: SimulationUnstable, potential: Potential, train: LabelledSet,
+                   cfg: TrainConfig, best_state: dict, state: dict, run_dir: Path | None,
+                   metadata: dict[str, Any] | None) -> None:
+    """A non-finite loss: keep the best weights so far (in memory and as model.pt), then raise."""
+    if state["best_epoch"] < 0:
+        potential.load_state_dict(best_state)
+        where = f"; {run_dir / 'last.pt'} holds the state before the failure" if run_dir else ""
+        raise SimulationUnstable(f"{exc}, before any validated epoch; the starting weights are "
+                                 f"restored{where}") from exc
+    _finish(potential, train, cfg, best_state, state, run_dir, metadata, state["seconds"],
+            note=f"stopped: {exc}")
+    kept = f"; saved as {run_dir / 'model.pt'}" if run_dir else ""
+    raise SimulationUnstable(f"{exc}; the best model so far (epoch {state['best_epoch']}) is "
+                             f"kept{kept}") from exc
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _load_best_state(path: Path) -> dict:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path}: {str(exc).splitlines()[0][:160]}; delete "
+                              "the run folder to start over") from exc
 
 
 def _checkpoint(run_dir: Path, potential: Potential, opt: torch.optim.Optimizer,
                 cfg: TrainConfig, state: dict, rng: np.random.Generator,
                 metadata: dict[str, Any] | None, improved: bool) -> None:
     if improved:
-        save_potential(run_dir / "best.pt", potential, metadata)
+        note = "best epoch during training" + ("; energy constant not yet refitted"
+                                               if cfg.force_only else "")
+        save_potential(run_dir / "best.pt", potential,
+                       {**(metadata or {}), "train_config": asdict(cfg),
+                        "best_epoch": state["best_epoch"], "note": note})
     payload = {"state": state, "config": asdict(cfg), "model": potential.state_dict(),
                "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
-    tmp = run_dir / "last.pt.tmp"
-    torch.save(payload, tmp)
-    tmp.replace(run_dir / "last.pt")
+    _save_atomic(payload, run_dir / "last.pt")
     _write_history(run_dir / "history.csv", state["history"])
 
 
@@ -200,7 +243,10 @@ def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: T
     except Exception as exc:
         raise CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
                               "delete the run folder to start over") from exc
-    if payload["config"] != asdict(cfg):
+    # Where the run executes (threads, device) may change between sessions; what it learns may not.
+    ignore = {"threads", "device"}
+    old = {k: v for k, v in payload["config"].items() if k not in ignore}
+    if old != {k: v for k, v in asdict(cfg).items() if k not in ignore}:
         raise CheckpointError(f"{path} was written with another training configuration; "
                               "use a new run folder or the same configuration")
     rng = np.random.default_rng()
