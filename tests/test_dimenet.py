@@ -84,6 +84,17 @@ def test_smooth_at_cutoff():
     assert np.ptp(energies[2:]) < 1e-12
     assert abs(energies[0] - energies[-1]) < 1e-6
 
+    def force(r: float) -> float:
+        dimer = ase.Atoms("Si2", positions=[[0, 0, 0], [r, 0, 0]], cell=[20, 20, 20], pbc=True)
+        return float(predict(pot, dimer).forces.abs().max())
+
+    # the force vanishes at the cutoff like (1 - r/rc)^3: the envelope (exponent 5) goes to
+    # zero with two derivatives, and the Bessel sine sin(n pi r/rc) adds one more order
+    inside = force(3.0)
+    assert inside > 1e-4
+    assert force(3.999) < 1e-5 * inside and force(4.001) == 0.0
+    assert force(3.99) / force(3.98) == pytest.approx(0.125, rel=0.05)
+
 
 def test_isinstance_contract(potential):
     out = predict(potential, [rattled_diamond(), rattled_diamond(seed=5)], stress=True)

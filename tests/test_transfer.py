@@ -66,8 +66,20 @@ def test_frozen_parameters_are_bit_identical_after_training():
 
 
 def test_soft_freeze_scales_learning_rate():
-    pot = small_potential()
+    pot = small_potential(("Si",), dtype=torch.float64)
     scales = lr_scales(pot, ["outputs"], 0.1)
     assert scales and all(v == 0.1 for v in scales.values())
     with pytest.raises(ConfigError):
         lr_scales(pot, ["outputs"], 2.0)
+    # one Adam step moves each parameter by about lr (sign of its gradient): scaled ones by
+    # 0.1 lr, the others by lr
+    train = sw_labelled(2, seed=9)
+    before = {n: p.detach().clone() for n, p in pot.named_parameters()}
+    fit(pot, LabelledSet(train, 4.0), LabelledSet(train, 4.0),
+        TrainConfig(epochs=1, batch_size=2, lr=1e-3, lr_final=1e-3, dtype="float64"),
+        lr_scales=scales)
+    steps = {n: (p.detach() - before[n]).abs().max().item() for n, p in pot.named_parameters()}
+    scaled = [steps[n] for n in scales]
+    free = [v for n, v in steps.items() if n not in scales and v > 0]
+    assert max(scaled) == pytest.approx(1e-4, rel=1e-3) and free
+    assert max(free) == pytest.approx(1e-3, rel=1e-3)
