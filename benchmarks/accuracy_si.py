@@ -3,6 +3,8 @@
 Usage:
     python benchmarks/accuracy_si.py --mode energy --epochs 300 -o bench-runs/si-energy
     python benchmarks/accuracy_si.py --mode forces --epochs 300 -o bench-runs/si-forces
+    python benchmarks/accuracy_si.py --mode energy --init bench-runs/si-forces/model.pt \
+        --epochs 50 --lr 5e-4 --lr-final 1e-5 -o bench-runs/si-two-stage
 
 Trains on training.json (minus a validation subset), evaluates test.json and prints a
 markdown row with test MAE/RMSE, per-group errors, and the wall time. Reads the data from
@@ -21,7 +23,7 @@ import torch
 from congener.analysis.errors import breakdown, evaluate, metrics
 from congener.data.mlearn import read_mlearn_splits
 from congener.data.split import random_split
-from congener.models.checkpoint import build_potential
+from congener.models.checkpoint import build_potential, load_potential
 from congener.models.dimenet import DimeNetConfig
 from congener.training import LabelledSet, TrainConfig, fit
 
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=10)
     parser.add_argument("--cutoff", type=float, default=4.3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default=None,
+                        help="Start from this checkpoint (two-stage: force-only, then energy)")
     parser.add_argument("-o", "--output", default=None)
     args = parser.parse_args()
     out = Path(args.output or f"bench-runs/{args.element.lower()}-{args.mode}")
@@ -52,7 +56,8 @@ def main() -> None:
                       lr_final=args.lr_final, seed=args.seed,
                       energy_weight=args.energy_weight if args.mode == "energy" else 0.0)
     torch.manual_seed(args.seed)
-    pot = build_potential([args.element], DimeNetConfig(cutoff=args.cutoff))
+    pot = (load_potential(args.init) if args.init
+           else build_potential([args.element], DimeNetConfig(cutoff=args.cutoff)))
     tset, vset = LabelledSet(train, args.cutoff), LabelledSet(val, args.cutoff)
     start = time.perf_counter()
     result = fit(pot, tset, vset, cfg, run_dir=out,
