@@ -46,6 +46,19 @@ def test_train_transfer_evaluate(tmp_path, invoke):
         assert torch.equal(pa, pb), name
     meta = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["metadata"]
     assert len(meta["train_data"]) == 16
+    # a second stage continues from the first model's weights (here: 0 epochs changes nothing)
+    si_plain = [tmp_path / "si.extxyz", "--val-fraction", 0.4]
+    res = invoke("train", "--train", *si_plain, "--init", tmp_path / "a" / "model.pt",
+                 "--energy-weight", 100, "--epochs", 1, "--lr", 1e-12, "--lr-final", 1e-12,
+                 "-o", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    c = load_potential(tmp_path / "c" / "model.pt")
+    for (name, pa), pc in zip(a.state_dict().items(), c.state_dict().values(), strict=True):
+        if name != "energy_refs":
+            torch.testing.assert_close(pa, pc, rtol=0, atol=1e-9, msg=name)
+    res = invoke("train", "--train", tmp_path / "ge.extxyz", "--init", tmp_path / "a" / "model.pt",
+                 "-o", tmp_path / "d")
+    assert res.exit_code == 2 and "congener transfer" in res.output
 
     ge = ["--train", tmp_path / "ge.extxyz", "--val-fraction", 0.4, "--epochs", 2]
     res = invoke("transfer", tmp_path / "a" / "model.pt", "--map", "Si=Ge", *ge,

@@ -106,19 +106,34 @@ _OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress
 @cli.command("train")
 @_train_options
 @click.option("--cutoff", type=float, default=None, help="Cutoff in Å [default: 5.0].")
+@click.option("--init", "init_model", default=None,
+              help="Continue from this model instead of random weights (e.g. a second stage "
+                   "with --energy-weight after force matching).")
 def train_command(train_file, val_file, val_fraction, test_file, config_file, run_dir,
-                  cutoff, **overrides):
+                  cutoff, init_model, **overrides):
     """Train a DimeNet++ potential from scratch (force matching unless --energy-weight > 0)."""
-    from congener.data.structures import elements_of, file_hash_of
-    from congener.models.checkpoint import build_potential
-
-    model_cfg, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES}, cutoff)
     import torch
 
+    from congener.data.structures import elements_of, file_hash_of
+    from congener.models.checkpoint import build_potential, load_potential
+    from congener.training.config import read_mapping
+
+    model_cfg, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES}, cutoff)
     train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)  # the initial weights follow --seed: the same seed, same model
-    potential = build_potential(elements_of(train + val), model_cfg)
-    meta = {"mode": "scratch", "train_data": file_hash_of(train_file)}
+    if init_model:
+        if cutoff is not None or (config_file and read_mapping(config_file).get("model")):
+            raise ConfigError("--init keeps the model's architecture and cutoff; drop --cutoff "
+                              "and the config's model section")
+        potential = load_potential(init_model)
+        missing = sorted(set(elements_of(train + val)) - set(potential.elements))
+        if missing:
+            raise ConfigError(f"{init_model} knows {potential.elements}, not {missing}; use "
+                              "`congener transfer --map` to start a new element")
+    else:
+        potential = build_potential(elements_of(train + val), model_cfg)
+    meta = {"mode": "scratch" if not init_model else "continued",
+            "init_model": init_model, "train_data": file_hash_of(train_file)}
     _run(potential, train, val, model_cfg, cfg, run_dir, test_file, meta=meta)
 
 
