@@ -15,6 +15,7 @@ and the next invocation retries it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,7 +30,7 @@ from congener.data.split import nested_subsets, split_structures
 from congener.data.structures import read_structures, write_structures
 from congener.errors import ConfigError, CongenerError, DataError
 from congener.runtime import available_cores
-from congener.studies.config import Mode, RunSpec, StudyConfig
+from congener.studies.config import Mode, RunSpec, StudyConfig, config_from_dict
 from congener.studies.sources import load_spec
 
 RunDone = Callable[["RunSpec", dict[str, Any]], None]
@@ -49,6 +50,9 @@ def check_settings(cfg: StudyConfig, study_dir: Path) -> None:
         old = json.loads(path.read_text())
     except ValueError:
         return  # unreadable: rewritten below; run folders carry their own configs
+    # through the config classes, so that keys added in later versions get their defaults
+    with contextlib.suppress(CongenerError):
+        old = json.loads(json.dumps(config_from_dict(old).as_dict(), default=str))
     new = json.loads(json.dumps(cfg.as_dict(), default=str))
     changed = [k for k in FIXED_SETTINGS if k in old and old[k] != new.get(k)]
     if changed:
