@@ -22,7 +22,9 @@ def rows(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[dict[str, An
     for spec, res in results:
         t = res["test"]
         out.append({"name": spec.name, "kind": spec.kind, "mode": str(spec.mode),
-                    "size": spec.size, "seed": spec.seed, "lr": spec.lr, "epochs": res["epochs"],
+                    "size": spec.size, "seed": spec.seed,
+                    "lr": spec.lr if spec.lr is not None else res.get("run", {}).get("lr"),
+                    "epochs": res["epochs"],
                     "seconds": round(res["seconds"], 1), "energy_mae": t["energy_mae"],
                     "energy_rmse": t["energy_rmse"], "force_mae": t["force_mae"],
                     "force_rmse": t["force_rmse"],
