@@ -262,7 +262,28 @@ def report_only(cfg: StudyConfig, study_dir: str | Path) -> tuple[Path, int]:
     src = json.loads(source.read_text()) if source.is_file() else None
     pool = read_structures(study_dir / "data" / "target_pool.extxyz")
     failed = failures(study_dir, plan_runs(cfg, pool))
-    return write_report(cfg, study_dir, results, src, failed=failed), len(results)
+    extra = "\n".join(_cached_stages(cfg, study_dir, results))
+    return write_report(cfg, study_dir, results, src, extra=extra, failed=failed), len(results)
+
+
+def _cached_stages(cfg: StudyConfig, study_dir: Path,
+                   results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[str]:
+    """Phonon and MD sections from the stages' cached results only (nothing is computed)."""
+    from congener.studies.validation import md_stage, phonon_stage
+
+    val, sections = study_dir / "validation", []
+    if cfg.phonons is not None and (val / "phonons" / "reference.json").is_file():
+        stage = cfg.phonons
+        ref_failed = "error" in json.loads((val / "phonons" / "reference.json").read_text())
+        kept = [(s, r) for s, r in results if ref_failed  # then the stage computes nothing
+                or not (s.kind == stage.runs and s.size == stage.size)
+                or (val / "phonons" / f"{s.name}.json").is_file()]
+        sections.append(phonon_stage(cfg, study_dir, kept))
+    if cfg.md is not None:
+        kept = [(s, r) for s, r in results if (val / "md" / f"{s.name}.json").is_file()]
+        if kept:
+            sections.append(md_stage(cfg, study_dir, kept))
+    return sections
 
 
 def run_study(cfg: StudyConfig, study_dir: str | Path, *,

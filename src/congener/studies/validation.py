@@ -60,11 +60,18 @@ def _reference_calc(stage: PhononStage, cfg: StudyConfig, study_dir: Path,
 
 
 def _dos_cached(path: Path, compute: Callable[[], PhononDOS]) -> PhononDOS:
+    """The DOS from `path`, else computed and stored; a failure is stored (and raised) too."""
     if path.is_file():
         d = json.loads(path.read_text())
+        if "error" in d:
+            raise CongenerError(d["error"])
         return PhononDOS(**{k: np.asarray(v) if isinstance(v, list) else v
                             for k, v in d.items()})
-    dos = compute()
+    try:
+        dos = compute()
+    except CongenerError as exc:
+        path.write_text(json.dumps({"error": str(exc)}))
+        raise
     path.write_text(json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v
                                 for k, v in asdict(dos).items()}))
     return dos
