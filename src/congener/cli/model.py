@@ -40,7 +40,9 @@ def _train_options(fn):
     return fn
 
 
-def _configs(config_file, overrides, cutoff=None):
+def _configs(config_file, overrides, cutoff=None, *, fixed_model: str | None = None):
+    """(model, train) configurations from the file and options. `fixed_model` (a reason):
+    the architecture comes from an existing model, so a model section or --cutoff is refused."""
     from congener.models.dimenet import DimeNetConfig
     from congener.training.config import TrainConfig, from_dict, read_mapping
 
@@ -48,6 +50,8 @@ def _configs(config_file, overrides, cutoff=None):
     unknown = set(raw) - {"model", "train"}
     if unknown:
         raise ConfigError(f"unknown config section {sorted(unknown)[0]!r} (known: model, train)")
+    if fixed_model and (raw.get("model") or cutoff is not None):
+        raise ConfigError(f"{fixed_model}; drop --cutoff and the config's model section")
     model = from_dict(DimeNetConfig, raw.get("model"), "model")
     if cutoff is not None:
         model = replace(model, cutoff=cutoff)
@@ -116,15 +120,13 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
 
     from congener.data.structures import elements_of, file_hash_of
     from congener.models.checkpoint import build_potential, load_potential
-    from congener.training.config import read_mapping
 
-    model_cfg, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES}, cutoff)
+    model_cfg, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES}, cutoff,
+                              fixed_model=init_model and "--init keeps the model's architecture "
+                                                         "and cutoff")
     train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)  # the initial weights follow --seed: the same seed, same model
     if init_model:
-        if cutoff is not None or (config_file and read_mapping(config_file).get("model")):
-            raise ConfigError("--init keeps the model's architecture and cutoff; drop --cutoff "
-                              "and the config's model section")
         potential = load_potential(init_model)
         missing = sorted(set(elements_of(train + val)) - set(potential.elements))
         if missing:
@@ -156,7 +158,6 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
     from congener.data.structures import file_hash_of
     from congener.models.checkpoint import load_potential
     from congener.training import transfer
-    from congener.training.config import read_mapping
 
     pairs = {}
     for item in mapping:
@@ -166,10 +167,8 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
         pairs[src.strip()] = dst.strip()
     if soft_freeze is not None and not freeze_parts:
         raise ConfigError("--soft-freeze scales the parts named by --freeze; give --freeze too")
-    _, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES})
-    if config_file and read_mapping(config_file).get("model"):
-        raise ConfigError(f"{config_file}: a transfer keeps the source model's architecture; "
-                          "remove its model section")
+    _, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES},
+                      fixed_model="a transfer keeps the source model's architecture")
     potential = transfer.map_species(load_potential(source_model), pairs,
                                      fresh_embedding=fresh_embedding, seed=cfg.seed)
     scales = None

@@ -122,7 +122,7 @@ class _RadialState:
         # Upward recurrence j_{n+1} = (2n+1)/y j_n - j_{n-1}, run on rows l > n only, for the
         # signed k_n = s_n j_n with s = + + - - + + ..., so that each step is one addcmul:
         # k_{n+1} = k_{n-1} + s_{n+1} s_n (2n+1) r k_n.
-        sign = [1.0 if (n // 2) % 2 == 0 else -1.0 for n in range(n_l + 1)]
+        sign = basis.sign_list
         k = [torch.sin(y).mul_(r)]  # k_0 = j_0, all rows
         if n_l > 1:
             k.append((k[0] - cos).mul_(r))  # k_1 = j_1, all rows
@@ -136,7 +136,7 @@ class _RadialState:
                                                  for n in range(1, n_l - 1)]
         jm1 = torch.stack(below).mul_(basis.signs_below)  # j_{l-1}(y_l)
         jd = torch.addcmul(jm1, r * basis.l_plus_1, j, value=-1.0)
-        if float(x.min()) < basis.series_below if x.numel() else False:
+        if x.numel() and float(x.min()) < basis.series_below:
             flat = (y < basis.thresholds).view(-1).nonzero().squeeze(1)
             ys = y.view(-1).index_select(0, flat)
             row = flat.div(y.shape[1] * y.shape[2], rounding_mode="floor")
@@ -236,6 +236,7 @@ class SphericalBasis(nn.Module):
         # the power series is needed only for distances below this (in units of the cutoff)
         self.series_below = float(np.max(thresholds / zeros[:, 0]))
         signs = np.array([1.0 if (n // 2) % 2 == 0 else -1.0 for n in range(num_spherical + 1)])
+        self.sign_list = signs.tolist()  # s_n = + + - - + + ... (the recurrence's signs)
         self.register_buffer("signs", torch.tensor(signs[:num_spherical, None, None]),
                              persistent=False)
         below = np.concatenate([[1.0], signs[:num_spherical - 1]])

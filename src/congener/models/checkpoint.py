@@ -40,8 +40,14 @@ def save_potential(path: str | Path, potential: Potential, metadata: dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
+    return save_atomic(payload, path)
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """torch.save through a temporary file and a rename: `path` is never left half-written."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    torch.save(obj, tmp)
     tmp.replace(path)
     return path
 

@@ -243,10 +243,9 @@ def _finished_metrics(study_dir: Path, spec: RunSpec) -> dict[str, Any] | None:
         return None
 
 
-def finished(cfg: StudyConfig, study_dir: Path) -> list[tuple[RunSpec, dict[str, Any]]]:
-    """The runs of the study that have finished (their metrics.json exists)."""
-    pool = read_structures(study_dir / "data" / "target_pool.extxyz")
-    found = ((spec, _finished_metrics(study_dir, spec)) for spec in plan_runs(cfg, pool))
+def finished(study_dir: Path, specs: Sequence[RunSpec]) -> list[tuple[RunSpec, dict[str, Any]]]:
+    """The runs of `specs` that have finished (their metrics.json exists)."""
+    found = ((spec, _finished_metrics(study_dir, spec)) for spec in specs)
     return [(spec, res) for spec, res in found if res is not None]
 
 
@@ -257,33 +256,26 @@ def report_only(cfg: StudyConfig, study_dir: str | Path) -> tuple[Path, int]:
     study_dir = Path(study_dir)
     if not (study_dir / "data" / "target_pool.extxyz").is_file():
         raise DataError(f"{study_dir} holds no study data yet")
-    results = finished(cfg, study_dir)
+    specs = plan_runs(cfg, read_structures(study_dir / "data" / "target_pool.extxyz"))
+    results = finished(study_dir, specs)
     source = study_dir / "source" / "metrics.json"
     src = json.loads(source.read_text()) if source.is_file() else None
-    pool = read_structures(study_dir / "data" / "target_pool.extxyz")
-    failed = failures(study_dir, plan_runs(cfg, pool))
-    extra = "\n".join(_cached_stages(cfg, study_dir, results))
-    return write_report(cfg, study_dir, results, src, extra=extra, failed=failed), len(results)
+    extra = "\n".join(_stages(cfg, study_dir, results, cached_only=True))
+    return write_report(cfg, study_dir, results, src, extra=extra,
+                        failed=failures(study_dir, specs)), len(results)
 
 
-def _cached_stages(cfg: StudyConfig, study_dir: Path,
-                   results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[str]:
-    """Phonon and MD sections from the stages' cached results only (nothing is computed)."""
+def _stages(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict[str, Any]]],
+            log: Callable[[str], None] | None = None, cached_only: bool = False) -> list[str]:
+    """The report sections of the phonon and MD stages (from their caches with `cached_only`)."""
     from congener.studies.validation import md_stage, phonon_stage
 
-    val, sections = study_dir / "validation", []
-    if cfg.phonons is not None and (val / "phonons" / "reference.json").is_file():
-        stage = cfg.phonons
-        ref_failed = "error" in json.loads((val / "phonons" / "reference.json").read_text())
-        kept = [(s, r) for s, r in results if ref_failed  # then the stage computes nothing
-                or not (s.kind == stage.runs and s.size == stage.size)
-                or (val / "phonons" / f"{s.name}.json").is_file()]
-        sections.append(phonon_stage(cfg, study_dir, kept))
+    sections = []
+    if cfg.phonons is not None:
+        sections.append(phonon_stage(cfg, study_dir, results, log, cached_only))
     if cfg.md is not None:
-        kept = [(s, r) for s, r in results if (val / "md" / f"{s.name}.json").is_file()]
-        if kept:
-            sections.append(md_stage(cfg, study_dir, kept))
-    return sections
+        sections.append(md_stage(cfg, study_dir, results, log, cached_only))
+    return [s for s in sections if s]
 
 
 def run_study(cfg: StudyConfig, study_dir: str | Path, *,
@@ -317,17 +309,8 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
     results = execute(cfg, study_dir, specs, on_done=on_done)
     failed = failures(study_dir, [*hpo, *specs])
     write_report(cfg, study_dir, results, source, failed=failed)  # stages may take long
-    sections = []
-    if cfg.phonons is not None:
-        from congener.studies.validation import phonon_stage
-
-        sections.append(phonon_stage(cfg, study_dir, results, say))
-    if cfg.md is not None:
-        from congener.studies.validation import md_stage
-
-        sections.append(md_stage(cfg, study_dir, results, say))
-    report = write_report(cfg, study_dir, results, source, extra="\n".join(sections),
-                          failed=failed)
+    report = write_report(cfg, study_dir, results, source,
+                          extra="\n".join(_stages(cfg, study_dir, results, say)), failed=failed)
     if failed:
         names = ", ".join(sorted(failed)[:5]) + (", ..." if len(failed) > 5 else "")
         raise CongenerError(f"{len(failed)} run(s) failed ({names}): {report} covers the "

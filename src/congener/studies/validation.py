@@ -59,8 +59,12 @@ def _reference_calc(stage: PhononStage, cfg: StudyConfig, study_dir: Path,
                                                                           device="cpu")
 
 
-def _dos_cached(path: Path, compute: Callable[[], PhononDOS]) -> PhononDOS:
-    """The DOS from `path`, else computed and stored; a failure is stored (and raised) too."""
+def _dos_cached(path: Path, compute: Callable[[], PhononDOS], cached_only: bool = False
+                ) -> PhononDOS | None:
+    """The DOS from `path`, else computed and stored (None with `cached_only`); a failure is
+    stored (and raised) too."""
+    if cached_only and not path.is_file():
+        return None
     if path.is_file():
         d = json.loads(path.read_text())
         if "error" in d:
@@ -78,8 +82,9 @@ def _dos_cached(path: Path, compute: Callable[[], PhononDOS]) -> PhononDOS:
 
 
 def phonon_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict]],
-                 log: Log | None = None) -> str:
-    """DOS of the selected runs against the reference; overlay plot and distances."""
+                 log: Log | None = None, cached_only: bool = False) -> str:
+    """DOS of the selected runs against the reference; overlay plot and distances. With
+    `cached_only`, only stored results are used (models without one are left out)."""
     stage = cfg.phonons
     out = study_dir / "validation" / "phonons"
     out.mkdir(parents=True, exist_ok=True)
@@ -88,22 +93,30 @@ def phonon_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunS
     if not chosen:
         return f"## Phonon DOS\n\nNo {stage.runs} runs of size {stage.size} to analyse.\n"
     name, ref_calc = _reference_calc(stage, cfg, study_dir, results)
-    if log:
+    if log and not cached_only:
         log(f"phonon DOS: {len(chosen)} models against {name}")
     try:
-        ref = _dos_cached(out / "reference.json", lambda: phonon_dos(ref_calc, target))
+        ref = _dos_cached(out / "reference.json", lambda: phonon_dos(ref_calc, target),
+                          cached_only)
     except CongenerError as exc:
         return f"## Phonon density of states\n\nReference {name} failed: {exc}\n"
+    if ref is None:
+        return ""
     curves: dict[str, PhononDOS] = {}
     lines = ["| model | mode | DOS distance to reference | lattice (Å) |", "|---|---|---|---|"]
     distances: dict[str, list[float]] = {}
     for spec in chosen:
-        calc = CongenerCalculator.from_checkpoint(_model(study_dir, spec), device="cpu")
+        def compute(spec: RunSpec = spec) -> PhononDOS:
+            calc = CongenerCalculator.from_checkpoint(_model(study_dir, spec), device="cpu")
+            return phonon_dos(calc, target)
+
         try:
-            dos = _dos_cached(out / f"{spec.name}.json", lambda c=calc: phonon_dos(c, target))
+            dos = _dos_cached(out / f"{spec.name}.json", compute, cached_only)
         except CongenerError as exc:  # e.g. no energy minimum near the diamond lattice
             lines.append(f"| {spec.name} | {spec.mode} | failed: {exc} | |")
             distances.setdefault(str(spec.mode), []).append(float("nan"))
+            continue
+        if dos is None:
             continue
         d = dos_distance(dos, ref)
         distances.setdefault(str(spec.mode), []).append(d)
@@ -127,8 +140,9 @@ def _start_structure(study_dir: Path):
 
 
 def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict]],
-             log: Log | None = None) -> str:
-    """NVT MD of each selected model from a liquid structure; stability table and RDF/ADF."""
+             log: Log | None = None, cached_only: bool = False) -> str:
+    """NVT MD of each selected model from a liquid structure; stability table and RDF/ADF.
+    With `cached_only`, only stored trajectories are used (nothing is simulated)."""
     stage = cfg.md
     out = study_dir / "validation" / "md"
     out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +151,8 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
     records, frames_by_key = [], {}
     for k, spec in enumerate(chosen):
         path = out / f"{spec.name}.json"
+        if cached_only and not path.is_file():
+            continue
         if not path.is_file():
             if log:
                 log(f"MD {k + 1}/{len(chosen)}: {spec.name}, {stage.trajectories} trajectories, "
@@ -157,6 +173,8 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
         key = f"{spec.mode}, {spec.size}"
         frames_by_key.setdefault(key, []).extend(
             [_atoms(start, f) for f in traj] for traj in saved["frames"])
+    if cached_only and not records:
+        return ""
     table = format_stability_table(stability_table(records))
     stats: dict[str, StructureStats] = {k: structure_stats(v) for k, v in frames_by_key.items()
                                         if any(len(t) for t in v)}

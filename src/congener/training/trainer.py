@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from congener.errors import CheckpointError, SimulationUnstable
-from congener.models.checkpoint import save_potential
+from congener.models.checkpoint import save_atomic, save_potential
 from congener.models.potential import Potential
 from congener.runtime import resolve_device, resolve_dtype, set_threads, tune_allocator
 from congener.training.config import TrainConfig
@@ -159,7 +159,7 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
             state.update(best_val=row["val_loss"], best_epoch=epoch, bad=0)
             best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
             if run_dir:
-                _save_atomic(best_state, run_dir / "best_state.pt")
+                save_atomic(best_state, run_dir / "best_state.pt")
         elif checked:
             state["bad"] += 1
         state.update(epoch=epoch + 1, seconds=row["seconds"],
@@ -205,12 +205,6 @@ def _stop_unstable(exc: SimulationUnstable, potential: Potential, train: Labelle
                              f"kept{kept}") from exc
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def _load_best_state(path: Path) -> dict:
     try:
         return torch.load(path, weights_only=True)
@@ -230,7 +224,7 @@ def _checkpoint(run_dir: Path, potential: Potential, opt: torch.optim.Optimizer,
                         "best_epoch": state["best_epoch"], "note": note})
     payload = {"state": state, "config": asdict(cfg), "model": potential.state_dict(),
                "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
-    _save_atomic(payload, run_dir / "last.pt")
+    save_atomic(payload, run_dir / "last.pt")
     _write_history(run_dir / "history.csv", state["history"])
 
 
