@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--element", default="Si")
     parser.add_argument("--mode", choices=["energy", "forces"], default="energy")
     parser.add_argument("--energy-weight", type=float, default=100.0)
+    parser.add_argument("--stress-weight", type=float, default=0.0,
+                        help="Weight of the stress MSE (GPa^2) in energy mode")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--lr-final", type=float, default=3e-5)
@@ -54,7 +56,8 @@ def main() -> None:
     val = [splits["train"][k] for k in split.val]
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       lr_final=args.lr_final, seed=args.seed,
-                      energy_weight=args.energy_weight if args.mode == "energy" else 0.0)
+                      energy_weight=args.energy_weight if args.mode == "energy" else 0.0,
+                      stress_weight=args.stress_weight if args.mode == "energy" else 0.0)
     torch.manual_seed(args.seed)
     pot = (load_potential(args.init) if args.init
            else build_potential([args.element], DimeNetConfig(cutoff=args.cutoff)))

@@ -88,7 +88,10 @@ def test_study_runs_resumes_and_reports(files, tmp_path):
     assert "Phonon density of states" in again and "Molecular dynamics" in again
     # rerun: nothing is retrained, results identical
     stamp = (tmp_path / "study" / "runs" / "scratch-n2-s0" / "metrics.json").stat().st_mtime
-    run_study(cfg, tmp_path / "study")
+    phases, done = [], []
+    run_study(cfg, tmp_path / "study", on_start=lambda phase, n: phases.append((phase, n)),
+              on_done=lambda spec, res: done.append(spec.name))
+    assert phases == [("runs", 2 * 3 + 3)] and len(done) == 2 * 3 + 3  # totals for the bars
     assert (tmp_path / "study" / "runs" / "scratch-n2-s0" / "metrics.json").stat().st_mtime \
         == stamp
     assert (tmp_path / "study" / "results.csv").read_text().strip().splitlines() == lines

@@ -50,16 +50,21 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
     def log(msg: str) -> None:
         click.echo(f"[{time.perf_counter() - start:6.0f} s] {msg}")
 
-    def on_done(spec, res) -> None:
+    def on_start(phase: str, total: int) -> None:
         nonlocal bar
+        if bar is not None:
+            bar.close()
+        bar = tqdm(total=total, unit="run", dynamic_ncols=True, desc=phase)
+
+    def on_done(spec, res) -> None:
         results.append((spec, res))
         if bar is None:
-            bar = tqdm(unit="run", dynamic_ncols=True, desc="runs")
+            return
         bar.update(1)
         bar.set_postfix_str(f"{spec.name}: E {res['test']['energy_mae']:.1f} meV/atom, "
                             f"F {res['test']['force_mae']:.3f} eV/Å")
 
-    report = run_study(cfg, Path(study_dir), log=log, on_done=on_done)
+    report = run_study(cfg, Path(study_dir), log=log, on_done=on_done, on_start=on_start)
     if bar is not None:
         bar.close()
     click.echo("\nTest errors, mean ± std over seeds:\n")

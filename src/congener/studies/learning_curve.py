@@ -280,9 +280,14 @@ def _stages(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, 
 
 def run_study(cfg: StudyConfig, study_dir: str | Path, *,
               log: Callable[[str], None] | None = None, on_done: RunDone | None = None,
-              on_epoch: Callable[[dict[str, float]], None] | None = None) -> Path:
+              on_epoch: Callable[[dict[str, float]], None] | None = None,
+              on_start: Callable[[str, int], None] | None = None) -> Path:
     """Run the whole study (data, source model, HPO, learning curve, temperature runs) and
-    write the report. Rerunning skips what is finished. Returns the path of report.md."""
+    write the report. Rerunning skips what is finished. Returns the path of report.md.
+
+    Callbacks: `log(message)`; `on_start(phase, n_runs)` before the runs of a phase
+    ("search", "runs"); `on_done(spec, metrics)` per run (finished ones too, read back);
+    `on_epoch(row)` per epoch of the source model."""
     from congener.studies.report import write_report
     from congener.studies.run import train_source
 
@@ -301,11 +306,15 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
     hpo = plan_hpo(cfg, pool)
     if hpo:
         say(f"hyperparameter search: {len(hpo)} runs")
+        if on_start:
+            on_start("search", len(hpo))
         choices = best_settings(execute(cfg, study_dir, hpo, on_done=on_done))
         say("chosen: " + ", ".join(f"{m} lr {lr:g}" + (f" decay {d:g}" if d else "")
                                    for m, (lr, d) in choices.items()))
     specs = plan_runs(cfg, pool, choices)
     say(f"{len(specs)} runs ({cfg.workers} worker{'s' * (cfg.workers > 1)})")
+    if on_start:
+        on_start("runs", len(specs))
     results = execute(cfg, study_dir, specs, on_done=on_done)
     failed = failures(study_dir, [*hpo, *specs])
     write_report(cfg, study_dir, results, source, failed=failed)  # stages may take long
