@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,14 @@ def test_search_over_learning_rate_and_decay(files):
     assert tcfg.lr == 3e-3 and tcfg.lr_final == pytest.approx(3e-5)
     with pytest.raises(ConfigError, match=r"hpo\.decay"):
         tiny(files, hpo={"lr": [1e-3], "decay": [2.0]})
+
+
+SHIPPED_CONFIGS = sorted(p for pattern in ("examples/*.yaml", "benchmarks/configs/**/*.yaml")
+                         for p in Path(__file__).parents[1].glob(pattern))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    """Every study config in examples/ and benchmarks/configs/ is valid (keys, types, ranges)."""
+    cfg = load_study_config(path)
+    assert cfg.sizes and cfg.seeds and cfg.modes
