@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 from ase import units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
+
+try:  # ase >= 3.29 (MaxwellBoltzmannDistribution is deprecated there)
+    from ase.md.velocitydistribution import thermalize_momenta as thermalize
+except ImportError:  # ase 3.23-3.28
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize
 
 from congener.calculator import CongenerCalculator
 from congener.models.checkpoint import save_potential
@@ -30,7 +34,7 @@ def test_energy_is_conserved_in_ase_velocity_verlet():
     pot = small_potential()
     atoms = rattled_diamond(seed=5, amount=0.02)
     atoms.calc = CongenerCalculator(pot, device="cpu")
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
     energies = []
     for _ in range(25):
