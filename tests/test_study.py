@@ -10,7 +10,7 @@ import pytest
 
 from congener.data.structures import write_structures
 from congener.errors import ConfigError
-from congener.studies.config import Mode, load_study_config, study_config
+from congener.studies.config import Mode, config_from_dict, load_study_config, study_config
 from congener.studies.learning_curve import plan_runs, run_study
 from tests.test_training import sw_labelled
 
@@ -26,7 +26,7 @@ def files(tmp_path_factory):
     return root
 
 
-def tiny(files, **kw):
+def tiny_values(files, **kw) -> dict:
     values = {
         "name": "test", "sizes": [1, 2], "seeds": [0, 1], "modes": ["scratch", "transfer",
                                                                    "frozen"],
@@ -40,7 +40,26 @@ def tiny(files, **kw):
         "phonons": None, "md": None,
     }
     values.update(kw)
-    return study_config(values)
+    return values
+
+
+def tiny(files, **kw):
+    return study_config(tiny_values(files, **kw))
+
+
+def test_study_cli_shows_each_phase_with_its_total(files, tmp_path, capsys):
+    from congener.cli import main
+
+    path = tmp_path / "study.yaml"  # JSON is YAML
+    path.write_text(json.dumps(tiny_values(
+        files, sizes=[1], seeds=[0], modes=["scratch"], temperature=None, workers=1,
+        hpo={"size": 1, "lr": [0.001, 0.003]})))
+    code = main(["study", str(path), "-o", str(tmp_path / "s")])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "search: 100%" in err and " 2/2 " in err  # two search runs
+    assert "runs: 100%" in err and " 1/1 " in err  # one curve run
+    assert "| 1 |" in out and "report:" in out  # the table, then where the report is
 
 
 def test_nested_training_sets_and_shared_validation(files):
@@ -182,12 +201,19 @@ def test_search_over_learning_rate_and_decay(files):
         tiny(files, hpo={"lr": [1e-3], "decay": [2.0]})
 
 
-SHIPPED_CONFIGS = sorted(p for pattern in ("examples/*.yaml", "benchmarks/configs/**/*.yaml")
-                         for p in Path(__file__).parents[1].glob(pattern))
+ROOT = Path(__file__).parents[1]
+SHIPPED_CONFIGS = sorted(p.relative_to(ROOT) for pattern in
+                         ("examples/*.yaml", "benchmarks/configs/**/*.yaml")
+                         for p in ROOT.glob(pattern))
 
 
-@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_configs_are_shipped():
+    assert len(SHIPPED_CONFIGS) >= 3  # examples/ and benchmarks/configs/ are found
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=str)
 def test_shipped_configs_load(path):
-    """Every study config in examples/ and benchmarks/configs/ is valid (keys, types, ranges)."""
-    cfg = load_study_config(path)
-    assert cfg.sizes and cfg.seeds and cfg.modes
+    """Every study config in examples/ and benchmarks/configs/ is valid (keys, types, ranges)
+    and survives the round trip through the settings a study folder stores."""
+    cfg = load_study_config(ROOT / path)
+    assert config_from_dict(json.loads(json.dumps(cfg.as_dict(), default=str))) == cfg

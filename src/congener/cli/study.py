@@ -64,9 +64,11 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
         bar.set_postfix_str(f"{spec.name}: E {res['test']['energy_mae']:.1f} meV/atom, "
                             f"F {res['test']['force_mae']:.3f} eV/Å")
 
-    report = run_study(cfg, Path(study_dir), log=log, on_done=on_done, on_start=on_start)
-    if bar is not None:
-        bar.close()
+    try:
+        report = run_study(cfg, Path(study_dir), log=log, on_done=on_done, on_start=on_start)
+    finally:  # also when runs failed: the error line must not land on the bar
+        if bar is not None:
+            bar.close()
     click.echo("\nTest errors, mean ± std over seeds:\n")
     table = rows(results)
     click.echo(markdown_table(summary(table), table))
