@@ -216,4 +216,4 @@ def test_shipped_configs_load(path):
     """Every study config in examples/ and benchmarks/configs/ is valid (keys, types, ranges)
     and survives the round trip through the settings a study folder stores."""
     cfg = load_study_config(ROOT / path)
-    assert config_from_dict(json.loads(json.dumps(cfg.as_dict(), default=str))) == cfg
+    assert config_from_dict(cfg.stored()) == cfg

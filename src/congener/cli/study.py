@@ -56,10 +56,8 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
             bar.close()
         bar = tqdm(total=total, unit="run", dynamic_ncols=True, desc=phase)
 
-    def on_done(spec, res) -> None:
+    def on_done(spec, res) -> None:  # run_study calls on_start before a phase's runs
         results.append((spec, res))
-        if bar is None:
-            return
         bar.update(1)
         bar.set_postfix_str(f"{spec.name}: E {res['test']['energy_mae']:.1f} meV/atom, "
                             f"F {res['test']['force_mae']:.3f} eV/Å")

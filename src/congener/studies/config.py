@@ -163,6 +163,12 @@ class StudyConfig:
 
         return asdict(self)
 
+    def stored(self) -> dict[str, Any]:
+        """The settings as a study folder's config.json holds them (JSON types only)."""
+        import json
+
+        return json.loads(json.dumps(self.as_dict(), default=str))
+
 
 _SECTIONS = {"target": TargetSpec, "source": SourceSpec, "budget": Budget,
              "model": DimeNetConfig, "train": TrainConfig, "source_train": TrainConfig,

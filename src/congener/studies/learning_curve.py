@@ -52,8 +52,8 @@ def check_settings(cfg: StudyConfig, study_dir: Path) -> None:
         return  # unreadable: rewritten below; run folders carry their own configs
     # through the config classes, so that keys added in later versions get their defaults
     with contextlib.suppress(CongenerError):
-        old = json.loads(json.dumps(config_from_dict(old).as_dict(), default=str))
-    new = json.loads(json.dumps(cfg.as_dict(), default=str))
+        old = config_from_dict(old).stored()
+    new = cfg.stored()
     changed = [k for k in FIXED_SETTINGS if k in old and old[k] != new.get(k)]
     if changed:
         raise ConfigError(f"{study_dir} holds a study with other settings ({', '.join(changed)}"
@@ -294,7 +294,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     check_settings(cfg, study_dir)
-    (study_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2, default=str))
+    (study_dir / "config.json").write_text(json.dumps(cfg.stored(), indent=2))
     say = log or (lambda _msg: None)
     prepare_data(cfg, study_dir, workers=max(cfg.workers, available_cores()), progress=say)
     source = {}
