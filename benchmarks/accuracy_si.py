@@ -5,6 +5,7 @@ Usage:
     python benchmarks/accuracy_si.py --mode forces --epochs 300 -o bench-runs/si-forces
     python benchmarks/accuracy_si.py --mode energy --init bench-runs/si-forces/model.pt \
         --epochs 50 --lr 5e-4 --lr-final 1e-5 -o bench-runs/si-two-stage
+    python benchmarks/accuracy_si.py --mode forces --model hidden=64,out_emb=128,int_emb=32 ...
 
 Trains on training.json (minus a validation subset), evaluates test.json and prints a
 markdown row with test MAE/RMSE, per-group errors, and the wall time. Reads the data from
@@ -26,8 +27,16 @@ from congener.data.split import random_split
 from congener.models.checkpoint import build_potential, load_potential
 from congener.models.dimenet import DimeNetConfig
 from congener.training import LabelledSet, TrainConfig, fit
+from congener.training.config import from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def model_config(cutoff: float, sizes: str) -> DimeNetConfig:
+    """DimeNetConfig from the cutoff and "key=value,..." (integers)."""
+    pairs = dict(item.split("=", 1) for item in sizes.split(",") if item)
+    return from_dict(DimeNetConfig, {"cutoff": cutoff, **{k: int(v) for k, v in pairs.items()}},
+                     "model")
 
 
 def main() -> None:
@@ -38,12 +47,18 @@ def main() -> None:
     parser.add_argument("--energy-weight", type=float, default=100.0)
     parser.add_argument("--stress-weight", type=float, default=0.0,
                         help="Weight of the stress MSE (GPa^2) in energy mode")
+    parser.add_argument("--loss", choices=["mse", "huber"], default="mse")
+    parser.add_argument("--huber-delta", type=float, default=0.01)
+    parser.add_argument("--ema-decay", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--lr-final", type=float, default=3e-5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--val", type=int, default=10)
     parser.add_argument("--cutoff", type=float, default=4.3)
+    parser.add_argument("--model", default="", metavar="KEY=VALUE,...",
+                        help="DimeNet++ sizes other than the default, e.g. "
+                             "hidden=64,out_emb=128,int_emb=32,basis_emb=4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", default=None,
                         help="Start from this checkpoint (two-stage: force-only, then energy)")
@@ -55,12 +70,13 @@ def main() -> None:
     train = [splits["train"][k] for k in split.train]
     val = [splits["train"][k] for k in split.val]
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      lr_final=args.lr_final, seed=args.seed,
+                      lr_final=args.lr_final, seed=args.seed, loss=args.loss,
+                      huber_delta=args.huber_delta, ema_decay=args.ema_decay,
                       energy_weight=args.energy_weight if args.mode == "energy" else 0.0,
                       stress_weight=args.stress_weight if args.mode == "energy" else 0.0)
     torch.manual_seed(args.seed)
     pot = (load_potential(args.init) if args.init
-           else build_potential([args.element], DimeNetConfig(cutoff=args.cutoff)))
+           else build_potential([args.element], model_config(args.cutoff, args.model)))
     tset, vset = LabelledSet(train, args.cutoff), LabelledSet(val, args.cutoff)
     start = time.perf_counter()
     result = fit(pot, tset, vset, cfg, run_dir=out,

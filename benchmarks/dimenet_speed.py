@@ -50,6 +50,7 @@ from congener.graph import build_graph
 from congener.models.dimenet import DimeNetConfig, DimeNetPP
 from congener.models.potential import Potential
 from congener.runtime import tune_allocator
+from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
 from congener.training.losses import loss
 
@@ -125,7 +126,7 @@ class Case:
         graph, ref = graph.to(dtype=torch.float32), ref.to(torch.device("cpu"), torch.float32)
         self.opt.zero_grad(set_to_none=True)
         pred = self.pot(graph, create_graph=True)
-        terms = loss(pred, ref, energy_weight=0.0, force_weight=1.0, stress_weight=0.0)
+        terms = loss(pred, ref, TrainConfig())
         if self.params_only:  # gradients of the parameters only, not of the positions leaf
             terms.total.backward(inputs=[p for p in self.pot.parameters() if p.requires_grad])
         else:  # as congener.training.trainer does

@@ -217,3 +217,17 @@ def test_shipped_configs_load(path):
     and survives the round trip through the settings a study folder stores."""
     cfg = load_study_config(ROOT / path)
     assert config_from_dict(cfg.stored()) == cfg
+
+
+def test_source_model_must_share_the_study_architecture(files, tmp_path):
+    from congener.models.checkpoint import build_potential, save_potential
+    from congener.models.dimenet import DimeNetConfig
+
+    values = tiny_values(files, modes=["scratch", "transfer"], temperature=None)
+    wider = DimeNetConfig(**{**values["model"], "hidden": 16})
+    save_potential(tmp_path / "si.pt", build_potential(["Si"], wider), {})
+    values["source"] = {"model": str(tmp_path / "si.pt")}
+    with pytest.raises(ConfigError, match="has hidden 16 where the study's model section "
+                                          "has hidden 8"):
+        run_study(study_config(values), tmp_path / "study")
+    assert not (tmp_path / "study" / "runs").exists()  # refused before any run

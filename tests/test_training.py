@@ -64,9 +64,11 @@ def test_force_only_fits_energy_constant(sw_sets):
     assert np.mean(resid - refs["Si"]) == pytest.approx(0.0, abs=1e-10)
 
 
-def test_resume_continues_identically(sw_sets, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5])
+def test_resume_continues_identically(sw_sets, tmp_path, ema_decay):
     train, val = sw_sets
-    cfg = TrainConfig(epochs=4, batch_size=4, lr=3e-3, seed=2, dtype="float64")
+    cfg = TrainConfig(epochs=4, batch_size=4, lr=3e-3, seed=2, dtype="float64",
+                      ema_decay=ema_decay)
     tset, vset = LabelledSet(train, 4.0), LabelledSet(val, 4.0)
     full = fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "a")
     # stop after 2 epochs by raising from the callback, then resume
@@ -75,10 +77,20 @@ def test_resume_continues_identically(sw_sets, tmp_path):
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "b", callback=stop)
+    if not ema_decay:  # a checkpoint of an older version, without the settings added since
+        last = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+        for key in ("loss", "huber_delta", "ema_decay"):
+            del last["config"][key]
+        del last["ema"]
+        torch.save(last, tmp_path / "b" / "last.pt")
     resumed = fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "b")
     a = [r["val_force_mae"] for r in full.history]
     b = [r["val_force_mae"] for r in resumed.history]
     np.testing.assert_allclose(a, b, rtol=1e-10)
+    for p, q in zip(full_params := list(load_potential(tmp_path / "a" / "model.pt").parameters()),
+                    load_potential(tmp_path / "b" / "model.pt").parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=0)
+    assert full_params
     with pytest.raises(CheckpointError, match="another training configuration"):
         fit(small_potential(cutoff=4.0), tset, vset, TrainConfig(epochs=5, seed=2,
                                                                  dtype="float64"),
@@ -146,5 +158,57 @@ def test_checkpoint_roundtrip_and_corruption(sw_sets, tmp_path):
 def test_config_rejects_bad_values():
     with pytest.raises(ConfigError, match=r"train\.lr must be > 0"):
         TrainConfig(lr=-0.1)
+    with pytest.raises(ConfigError, match=r"train\.loss must be mse or huber"):
+        TrainConfig(loss="l1")
+    with pytest.raises(ConfigError, match=r"train\.ema_decay must be in \[0, 1\)"):
+        TrainConfig(ema_decay=1.0)
     with pytest.raises(ConfigError, match=r"unknown key train\.epoch"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_ema_keeps_the_moving_average_of_the_step_weights(sw_sets):
+    """One step per epoch: the kept model is e_k = d e_(k-1) + (1 - d) w_k at the best epoch."""
+    train, val = sw_sets
+    decay = 0.6
+    cfg = TrainConfig(epochs=5, batch_size=len(train), lr=3e-3, seed=3, dtype="float64",
+                      energy_weight=10.0, ema_decay=decay)
+    pot = small_potential(cutoff=4.0)
+    steps: list[list[torch.Tensor]] = []
+    result = fit(pot, LabelledSet(train, 4.0), LabelledSet(val, 4.0), cfg,
+                 callback=lambda row: steps.append([p.detach().clone()
+                                                    for p in pot.parameters()]))
+    ema = steps[0]
+    averages = [ema]
+    for weights in steps[1:]:
+        ema = [decay * e + (1 - decay) * w for e, w in zip(ema, weights, strict=True)]
+        averages.append(ema)
+    expected = averages[result.best_epoch]
+    # the raw weights moved on after the best epoch; the kept ones are its moving average
+    for p, q in zip(pot.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), q, rtol=1e-9, atol=1e-12)
+    assert not all(torch.equal(a, b) for a, b in zip(steps[-1], expected, strict=True))
+
+
+def test_huber_loss_is_quadratic_below_delta_and_linear_above():
+    from congener.models.potential import Prediction
+    from congener.training.data import Targets
+    from congener.training.losses import loss
+
+    forces = torch.tensor([[0.005, -0.5, 0.0], [0.02, 0.0, -0.003]], dtype=torch.float64)
+    pred = Prediction(energy=torch.tensor([1.03], dtype=torch.float64), forces=forces)
+    ref = Targets(energy=torch.tensor([1.0], dtype=torch.float64), forces=torch.zeros_like(forces),
+                  stress=torch.zeros(1, 3, 3, dtype=torch.float64),
+                  has_stress=torch.tensor([False]), n_atoms=torch.tensor([2.0],
+                                                                         dtype=torch.float64))
+    delta = 0.01
+    cfg = TrainConfig(loss="huber", huber_delta=delta, energy_weight=2.0, force_weight=3.0)
+    f = forces.abs()
+    huber_f = torch.where(f < delta, 0.5 * f**2, delta * (f - 0.5 * delta)).mean()
+    huber_e = delta * (0.015 - 0.5 * delta)  # |error| 0.015 eV/atom > delta: linear branch
+    terms = loss(pred, ref, cfg)
+    assert float(terms.total) == pytest.approx(2.0 * huber_e + 3.0 * float(huber_f), rel=1e-12)
+    # the logged terms stay plain mean squared errors
+    assert terms.force_mse == pytest.approx(float((forces**2).mean()), rel=1e-12)
+    assert terms.energy_mse == pytest.approx(0.015**2, rel=1e-12)
+    mse = loss(pred, ref, TrainConfig(energy_weight=2.0, force_weight=3.0))
+    assert float(mse.total) == pytest.approx(2.0 * 0.015**2 + 3.0 * float((forces**2).mean()))

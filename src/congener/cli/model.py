@@ -28,6 +28,12 @@ def _train_options(fn):
         click.option("--energy-weight", type=float, default=None,
                      help="Weight of the per-atom energy term (0 = force matching only)."),
         click.option("--stress-weight", type=float, default=None),
+        click.option("--loss", type=click.Choice(["mse", "huber"]), default=None,
+                     help="Squared errors (the paper) or Huber [default: mse]."),
+        click.option("--huber-delta", type=float, default=None,
+                     help="Huber threshold in eV/atom, eV/Å and GPa [default: 0.01]."),
+        click.option("--ema-decay", type=float, default=None,
+                     help="Keep a moving average of the weights, e.g. 0.99 [default: 0 = off]."),
         click.option("--patience", type=int, default=None, help="Early stopping (epochs)."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ..."),
@@ -103,8 +109,8 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
                    f"{m['force_mae']:.4f} eV/Å ({m['n']} structures)")
 
 
-_OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress_weight",
-              "patience", "seed", "device", "dtype")
+_OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress_weight", "loss",
+              "huber_delta", "ema_decay", "patience", "seed", "device", "dtype")
 
 
 @cli.command("train")

@@ -13,6 +13,7 @@ import torch
 
 from congener.analysis.errors import breakdown, evaluate, force_mae_per_structure, metrics
 from congener.data.structures import elements_of, file_hash_of, read_structures
+from congener.errors import ConfigError
 from congener.models.checkpoint import build_potential, load_potential
 from congener.models.potential import Potential
 from congener.studies.config import Mode, StudyConfig, config_from_dict, spec_from_dict
@@ -27,10 +28,26 @@ def source_model_path(cfg: StudyConfig, study_dir: Path) -> Path:
     return Path(cfg.source.model) if cfg.source.model else study_dir / "source" / "model.pt"
 
 
+def check_source_architecture(cfg: StudyConfig) -> None:
+    """Refuse a given source model whose DimeNet++ sizes or cutoff differ from the study's
+    `model` section: scratch and transfer runs must differ only in how they start."""
+    source = load_potential(cfg.source.model)
+    have, want = asdict(source.network.cfg), asdict(cfg.model)
+    diff = [k for k in want if have.get(k) != want[k]]
+    if diff:
+        raise ConfigError(
+            f"source model {cfg.source.model} has " + ", ".join(f"{k} {have.get(k)}" for k in diff)
+            + " where the study's model section has " + ", ".join(f"{k} {want[k]}" for k in diff)
+            + "; give the model section the source's sizes (scratch and transfer runs must "
+            "share the architecture)")
+
+
 def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, Any]:
     """Train the source model on `data/source_*.extxyz` (skipped if already finished)."""
     out = study_dir / "source"
     done = out / "metrics.json"
+    if cfg.source.model:
+        check_source_architecture(cfg)
     if cfg.source.model or done.is_file():
         return json.loads(done.read_text()) if done.is_file() else {}
     train = read_structures(study_dir / "data" / "source_train.extxyz")

@@ -15,7 +15,12 @@ class TrainConfig:
 
     energy_weight multiplies the per-atom energy MSE ((eV/atom)^2), force_weight the force
     MSE per component ((eV/Å)^2), stress_weight the stress MSE ((eV/Å³)^2 scaled to GPa^2).
+    `loss="huber"` replaces each squared error by the Huber function with threshold
+    `huber_delta` (in eV/atom, eV/Å and GPa): quadratic below it, linear above, so the fit
+    follows the median rather than the mean and large errors pull less (as in MACE).
     The learning rate decays exponentially from `lr` to `lr_final` over `epochs`.
+    `ema_decay` > 0 keeps an exponential moving average of the weights (updated after every
+    step, as in MACE and NequIP); validation, checkpoints and the final model then use it.
     """
 
     epochs: int = 100
@@ -25,6 +30,9 @@ class TrainConfig:
     energy_weight: float = 0.0
     force_weight: float = 1.0
     stress_weight: float = 0.0
+    loss: str = "mse"  # "mse" (the paper's Eq. 1) or "huber"
+    huber_delta: float = 0.01
+    ema_decay: float = 0.0  # 0 = off; e.g. 0.99
     patience: int = 0  # epochs without validation improvement before stopping; 0 = never
     grad_clip: float = 10.0  # max gradient norm; 0 = off
     seed: int = 0
@@ -44,6 +52,12 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0 (got {getattr(self, name)})")
         if self.energy_weight == 0 and self.force_weight == 0:
             raise ConfigError("train: energy_weight and force_weight cannot both be 0")
+        if self.loss not in ("mse", "huber"):
+            raise ConfigError(f"train.loss must be mse or huber (got {self.loss!r})")
+        if not self.huber_delta > 0:
+            raise ConfigError(f"train.huber_delta must be > 0 (got {self.huber_delta})")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (got {self.ema_decay})")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"train.dtype must be float32 or float64 (got {self.dtype!r})")
 

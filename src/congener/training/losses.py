@@ -1,4 +1,8 @@
-"""Loss terms: force matching (the paper's Eq. 1), per-atom energy and stress MSE."""
+"""Loss terms: force matching (the paper's Eq. 1), per-atom energy and stress terms.
+
+Each term is a mean of squared errors (default) or of Huber functions of the errors
+(`TrainConfig.loss`); the logged values are always the plain MSEs.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ from dataclasses import dataclass
 import torch
 from ase.units import GPa
 from torch import Tensor
+from torch.nn import functional as F
 
 from congener.models.potential import Prediction
+from congener.training.config import TrainConfig
 from congener.training.data import Targets
 
 
@@ -22,17 +28,23 @@ class LossTerms:
     stress_mse: float
 
 
-def loss(pred: Prediction, ref: Targets, *, energy_weight: float, force_weight: float,
-         stress_weight: float) -> LossTerms:
-    """Weighted sum of per-atom energy MSE (eV/atom)^2, force MSE (eV/Å)^2, stress MSE GPa^2."""
+def _term(diff: Tensor, cfg: TrainConfig) -> Tensor:
+    if cfg.loss == "huber":
+        return F.huber_loss(diff, torch.zeros_like(diff), delta=cfg.huber_delta)
+    return diff.square().mean()
+
+
+def loss(pred: Prediction, ref: Targets, cfg: TrainConfig) -> LossTerms:
+    """Weighted sum of the per-atom energy (eV/atom), force (eV/Å per component) and stress
+    (GPa) terms of `cfg`: energy_weight, force_weight, stress_weight."""
     dtype = pred.forces.dtype
     de = ((pred.energy - ref.energy) / ref.n_atoms).to(dtype)
-    e_mse = de.square().mean()
-    f_mse = (pred.forces - ref.forces).square().mean()
-    total = energy_weight * e_mse + force_weight * f_mse
+    df = pred.forces - ref.forces
+    total = cfg.energy_weight * _term(de, cfg) + cfg.force_weight * _term(df, cfg)
     s_mse = torch.zeros((), dtype=dtype, device=total.device)
-    if stress_weight > 0 and pred.stress is not None and bool(ref.has_stress.any()):
+    if cfg.stress_weight > 0 and pred.stress is not None and bool(ref.has_stress.any()):
         ds = (pred.stress - ref.stress)[ref.has_stress] / GPa
-        s_mse = ds.square().mean()
-        total = total + stress_weight * s_mse
-    return LossTerms(total, float(e_mse.detach()), float(f_mse.detach()), float(s_mse.detach()))
+        s_mse = ds.detach().square().mean()
+        total = total + cfg.stress_weight * _term(ds, cfg)
+    return LossTerms(total, float(de.detach().square().mean()),
+                     float(df.detach().square().mean()), float(s_mse))

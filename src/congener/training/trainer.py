@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from congener.errors import CheckpointError, SimulationUnstable
 from congener.models.checkpoint import save_atomic, save_potential
@@ -53,8 +54,7 @@ def validate(potential: Potential, data: LabelledSet, cfg: TrainConfig) -> dict[
         graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
         with torch.enable_grad():
             pred = potential(graph, stress=cfg.stress_weight > 0)
-        terms = loss(pred, ref, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight,
-                     stress_weight=cfg.stress_weight)
+        terms = loss(pred, ref, cfg)
         sums["loss"] += float(terms.total) * len(ref.energy)
         sums["e_abs"] += float(((pred.energy - ref.energy) / ref.n_atoms).abs().sum())
         sums["f_abs"] += float((pred.forces - ref.forces).abs().sum())
@@ -81,17 +81,23 @@ def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> float:
     return lr
 
 
+def _ema(potential: Potential, cfg: TrainConfig) -> AveragedModel | None:
+    """Moving average of the weights (torch's AveragedModel; it starts at the first update)."""
+    if not cfg.ema_decay:
+        return None
+    return AveragedModel(potential, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+
+
 def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
-                 opt: torch.optim.Optimizer, rng: np.random.Generator, epoch: int
-                 ) -> dict[str, float]:
+                 opt: torch.optim.Optimizer, rng: np.random.Generator, epoch: int,
+                 ema: AveragedModel | None) -> dict[str, float]:
     param = next(potential.parameters())
     sums, count = np.zeros(3), 0
     for graph, ref in data.batches(cfg.batch_size, rng.permutation(len(data))):
         graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
         opt.zero_grad(set_to_none=True)
         pred = potential(graph, stress=cfg.stress_weight > 0, create_graph=True)
-        terms = loss(pred, ref, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight,
-                     stress_weight=cfg.stress_weight)
+        terms = loss(pred, ref, cfg)
         if not torch.isfinite(terms.total):
             raise SimulationUnstable(f"training loss became {float(terms.total.detach())} at epoch "
                                      f"{epoch}")
@@ -100,6 +106,8 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(potential.parameters(), cfg.grad_clip)
         opt.step()
+        if ema is not None:
+            ema.update_parameters(potential)
         n = len(ref.energy)
         sums += n * np.array([float(terms.total.detach()), terms.energy_mse, terms.force_mse])
         count += n
@@ -129,11 +137,14 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     # (as the paper does) but fitting them first makes validation energies meaningful.
     fit_energy_refs(potential, train)
     opt = _optimizer(potential, cfg, lr_scales)
+    ema = _ema(potential, cfg)
+    # the weights that are validated and kept: the moving average when there is one
+    kept = potential if ema is None else ema.module
     rng = np.random.default_rng(cfg.seed)
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad": 0,
              "seconds": 0.0}
     if run_dir and (run_dir / "last.pt").exists():
-        state, rng = _resume(run_dir / "last.pt", potential, opt, cfg)
+        state, rng = _resume(run_dir / "last.pt", potential, opt, cfg, ema)
     best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
     if run_dir and (run_dir / "best_state.pt").exists():
         best_state = _load_best_state(run_dir / "best_state.pt")
@@ -144,20 +155,20 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
         potential.train()
         lr = _set_lr(opt, cfg, epoch)
         try:
-            epoch_terms = _train_epoch(potential, train, cfg, opt, rng, epoch)
+            epoch_terms = _train_epoch(potential, train, cfg, opt, rng, epoch, ema)
         except SimulationUnstable as exc:
             _stop_unstable(exc, potential, train, cfg, best_state, state, run_dir, metadata)
         row = {"epoch": epoch, "lr": lr, **epoch_terms}
         checked = (epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1
         nan = float("nan")
-        row.update(validate(potential, val, cfg) if checked else
+        row.update(validate(kept, val, cfg) if checked else
                    {"val_loss": nan, "val_energy_mae": nan, "val_force_mae": nan})
         row["seconds"] = time.perf_counter() - start
         state["history"].append(row)
         improved = checked and row["val_loss"] < state["best_val"]
         if improved:
             state.update(best_val=row["val_loss"], best_epoch=epoch, bad=0)
-            best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
             if run_dir:
                 save_atomic(best_state, run_dir / "best_state.pt")
         elif checked:
@@ -165,7 +176,7 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
         state.update(epoch=epoch + 1, seconds=row["seconds"],
                      stopped=bool(cfg.patience and state["bad"] >= cfg.patience))
         if run_dir:
-            _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata, improved)
+            _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata, improved, ema)
         if callback:
             callback(row)
     return _finish(potential, train, cfg, best_state, state, run_dir, metadata,
@@ -215,31 +226,37 @@ def _load_best_state(path: Path) -> dict:
 
 def _checkpoint(run_dir: Path, potential: Potential, opt: torch.optim.Optimizer,
                 cfg: TrainConfig, state: dict, rng: np.random.Generator,
-                metadata: dict[str, Any] | None, improved: bool) -> None:
+                metadata: dict[str, Any] | None, improved: bool, ema: AveragedModel | None
+                ) -> None:
     if improved:
         note = "best epoch during training" + ("; energy constant not yet refitted"
                                                if cfg.force_only else "")
-        save_potential(run_dir / "best.pt", potential,
+        save_potential(run_dir / "best.pt", potential if ema is None else ema.module,
                        {**(metadata or {}), "train_config": asdict(cfg),
                         "best_epoch": state["best_epoch"], "note": note})
     payload = {"state": state, "config": asdict(cfg), "model": potential.state_dict(),
-               "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
+               "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
+               "ema": None if ema is None else ema.state_dict()}
     save_atomic(payload, run_dir / "last.pt")
     _write_history(run_dir / "history.csv", state["history"])
 
 
-def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: TrainConfig
-            ) -> tuple[dict, np.random.Generator]:
+def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: TrainConfig,
+            ema: AveragedModel | None) -> tuple[dict, np.random.Generator]:
     try:
         payload = torch.load(path, weights_only=False)
         potential.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
+        if ema is not None and payload.get("ema") is not None:
+            ema.load_state_dict(payload["ema"])
     except Exception as exc:
         raise CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
                               "delete the run folder to start over") from exc
     # Where the run executes (threads, device) may change between sessions; what it learns may not.
     ignore = {"threads", "device"}
-    old = {k: v for k, v in payload["config"].items() if k not in ignore}
+    # settings added in later versions take their defaults
+    old = {k: v for k, v in (asdict(TrainConfig()) | payload["config"]).items()
+           if k not in ignore}
     if old != {k: v for k, v in asdict(cfg).items() if k not in ignore}:
         raise CheckpointError(f"{path} was written with another training configuration; "
                               "use a new run folder or the same configuration")
