@@ -33,10 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def model_config(cutoff: float, sizes: str) -> DimeNetConfig:
-    """DimeNetConfig from the cutoff and "key=value,..." (integers)."""
-    pairs = dict(item.split("=", 1) for item in sizes.split(",") if item)
-    return from_dict(DimeNetConfig, {"cutoff": cutoff, **{k: int(v) for k, v in pairs.items()}},
-                     "model")
+    """DimeNetConfig from the cutoff and "key=value,..." (integer sizes; not the cutoff)."""
+    try:
+        pairs = {k: int(v) for k, v in (item.split("=", 1) for item in sizes.split(",") if item)}
+    except ValueError:
+        raise SystemExit(f"--model: expected key=integer,... (got {sizes!r})") from None
+    if "cutoff" in pairs:
+        raise SystemExit("--model: give the cutoff with --cutoff")
+    return from_dict(DimeNetConfig, {"cutoff": cutoff, **pairs}, "model")
 
 
 def main() -> None:
@@ -64,6 +68,8 @@ def main() -> None:
                         help="Start from this checkpoint (two-stage: force-only, then energy)")
     parser.add_argument("-o", "--output", default=None)
     args = parser.parse_args()
+    if args.init and args.model:
+        parser.error("--model sets the sizes of a new model; --init keeps those of its checkpoint")
     out = Path(args.output or f"bench-runs/{args.element.lower()}-{args.mode}")
     splits = read_mlearn_splits(Path(args.data) / args.element, surfaces=False)
     split = random_split(len(splits["train"]), val=args.val, seed=args.seed)

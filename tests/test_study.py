@@ -230,4 +230,4 @@ def test_source_model_must_share_the_study_architecture(files, tmp_path):
     with pytest.raises(ConfigError, match="has hidden 16 where the study's model section "
                                           "has hidden 8"):
         run_study(study_config(values), tmp_path / "study")
-    assert not (tmp_path / "study" / "runs").exists()  # refused before any run
+    assert not (tmp_path / "study").exists()  # refused before any setting is stored

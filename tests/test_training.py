@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from ase.units import GPa
 
 from congener.data.lammps_sw import LammpsSWCalculator
 from congener.data.structures import label
@@ -182,6 +183,7 @@ def test_ema_keeps_the_moving_average_of_the_step_weights(sw_sets):
     for weights in steps[1:]:
         ema = [decay * e + (1 - decay) * w for e, w in zip(ema, weights, strict=True)]
         averages.append(ema)
+    assert result.best_epoch > 0  # at epoch 0 the average is the raw weights
     expected = averages[result.best_epoch]
     # the raw weights moved on after the best epoch; the kept ones are its moving average
     for p, q in zip(pot.parameters(), expected, strict=True):
@@ -202,11 +204,22 @@ def test_huber_loss_is_quadratic_below_delta_and_linear_above():
                                                                          dtype=torch.float64))
     delta = 0.01
     cfg = TrainConfig(loss="huber", huber_delta=delta, energy_weight=2.0, force_weight=3.0)
-    f = forces.abs()
-    huber_f = torch.where(f < delta, 0.5 * f**2, delta * (f - 0.5 * delta)).mean()
+
+    def huber(x):
+        return torch.where(x.abs() < delta, 0.5 * x**2, delta * (x.abs() - 0.5 * delta)).mean()
+
     huber_e = delta * (0.015 - 0.5 * delta)  # |error| 0.015 eV/atom > delta: linear branch
     terms = loss(pred, ref, cfg)
-    assert float(terms.total) == pytest.approx(2.0 * huber_e + 3.0 * float(huber_f), rel=1e-12)
+    assert float(terms.total) == pytest.approx(2.0 * huber_e + 3.0 * float(huber(forces)),
+                                               rel=1e-12)
+    # the stress term, in GPa: diagonal errors 0.005 (quadratic) and 2 GPa (linear)
+    gpa = np.diag([0.005, 2.0, 0.0])
+    pred.stress = torch.tensor(gpa * GPa, dtype=torch.float64).unsqueeze(0)
+    ref.has_stress = torch.tensor([True])
+    with_stress = loss(pred, ref, replace(cfg, stress_weight=0.5))
+    assert float(with_stress.total) == pytest.approx(
+        float(terms.total) + 0.5 * float(huber(torch.tensor(gpa))), rel=1e-10)
+    assert with_stress.stress_mse == pytest.approx(float(np.mean(gpa**2)), rel=1e-10)
     # the logged terms stay plain mean squared errors
     assert terms.force_mse == pytest.approx(float((forces**2).mean()), rel=1e-12)
     assert terms.energy_mse == pytest.approx(0.015**2, rel=1e-12)

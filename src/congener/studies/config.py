@@ -11,7 +11,7 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     seeds: [0, 1, 2]
     modes: [scratch, transfer]
     budget: {updates: 150, min_epochs: 5, max_epochs: 150, validations: 15}
-    model: {cutoff: 4.3}          # DimeNetConfig fields
+    model: {cutoff: 4.3}          # DimeNetConfig fields (a given source model must match)
     train: {lr: 0.001, ...}       # TrainConfig fields (the base of every run)
     source_train: {epochs: 25}    # TrainConfig overrides for the source model
     freeze: [embedding, interaction:0]   # used by the `frozen` mode

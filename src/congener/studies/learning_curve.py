@@ -289,9 +289,11 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
     ("search", "runs"); `on_done(spec, metrics)` per run (finished ones too, read back);
     `on_epoch(row)` per epoch of the source model."""
     from congener.studies.report import write_report
-    from congener.studies.run import train_source
+    from congener.studies.run import check_source_architecture, train_source
 
     study_dir = Path(study_dir)
+    if cfg.source.model and any(m != Mode.scratch for m in cfg.modes):
+        check_source_architecture(cfg)  # before any settings are stored
     study_dir.mkdir(parents=True, exist_ok=True)
     check_settings(cfg, study_dir)
     (study_dir / "config.json").write_text(json.dumps(cfg.stored(), indent=2))

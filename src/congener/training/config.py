@@ -16,8 +16,8 @@ class TrainConfig:
     energy_weight multiplies the per-atom energy MSE ((eV/atom)^2), force_weight the force
     MSE per component ((eV/Å)^2), stress_weight the stress MSE ((eV/Å³)^2 scaled to GPa^2).
     `loss="huber"` replaces each squared error by the Huber function with threshold
-    `huber_delta` (in eV/atom, eV/Å and GPa): quadratic below it, linear above, so the fit
-    follows the median rather than the mean and large errors pull less (as in MACE).
+    `huber_delta`, in each term's unit (eV/atom, eV/Å, GPa): x^2/2 below it, linear above, so
+    large errors pull less and the fit leans toward the median, which MAE measures.
     The learning rate decays exponentially from `lr` to `lr_final` over `epochs`.
     `ema_decay` > 0 keeps an exponential moving average of the weights (updated after every
     step, as in MACE and NequIP); validation, checkpoints and the final model then use it.

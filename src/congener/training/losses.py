@@ -1,7 +1,9 @@
 """Loss terms: force matching (the paper's Eq. 1), per-atom energy and stress terms.
 
 Each term is a mean of squared errors (default) or of Huber functions of the errors
-(`TrainConfig.loss`); the logged values are always the plain MSEs.
+(`TrainConfig.loss`: x^2/2 below the threshold, so a weight counts half as much there as with
+squared errors). The total (train_loss, val_loss, best-epoch selection) uses the chosen form;
+the per-term values logged beside it are always the plain MSEs.
 """
 
 from __future__ import annotations
