@@ -27,7 +27,7 @@ from congener.data.split import random_split
 from congener.models.checkpoint import build_potential, load_potential
 from congener.models.dimenet import DimeNetConfig
 from congener.training import LabelledSet, TrainConfig, fit
-from congener.training.config import from_dict
+from congener.training.config import LOSSES, from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,9 +51,9 @@ def main() -> None:
     parser.add_argument("--energy-weight", type=float, default=100.0)
     parser.add_argument("--stress-weight", type=float, default=0.0,
                         help="Weight of the stress MSE (GPa^2) in energy mode")
-    parser.add_argument("--loss", choices=["mse", "huber"], default="mse")
-    parser.add_argument("--huber-delta", type=float, default=0.01)
-    parser.add_argument("--ema-decay", type=float, default=0.0)
+    parser.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss)
+    parser.add_argument("--huber-delta", type=float, default=TrainConfig.huber_delta)
+    parser.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--lr-final", type=float, default=3e-5)

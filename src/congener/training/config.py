@@ -8,6 +8,8 @@ from typing import Any
 
 from congener.errors import ConfigError
 
+LOSSES = ("mse", "huber")  # TrainConfig.loss: the paper's squared errors, or Huber terms
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -52,8 +54,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0 (got {getattr(self, name)})")
         if self.energy_weight == 0 and self.force_weight == 0:
             raise ConfigError("train: energy_weight and force_weight cannot both be 0")
-        if self.loss not in ("mse", "huber"):
-            raise ConfigError(f"train.loss must be mse or huber (got {self.loss!r})")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"train.loss must be {' or '.join(LOSSES)} (got {self.loss!r})")
         if not self.huber_delta > 0:
             raise ConfigError(f"train.huber_delta must be > 0 (got {self.huber_delta})")
         if not 0 <= self.ema_decay < 1:
