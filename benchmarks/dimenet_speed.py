@@ -197,6 +197,61 @@ def run_chemtrain(cutoff: float, kind: str, reps: int, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def time_set(cutoff: float, kind: str, reps: int, compare: str | None,
+             params_only: bool) -> dict:
+    """Time every model on one structure set (run in its own process: see `timing_child`)."""
+    models = {"congener": DimeNetPP}
+    if compare:
+        models[compare] = load_revision(compare).DimeNetPP
+    data = LabelledSet(structures(kind, 2 * BATCH), cutoff)
+    single = structures(kind, 1, seed=100)[0]
+    g = build_graph(single, cutoff)
+    cases: dict[str, Case] = {}
+    state = None
+    for name, cls in models.items():
+        pot = make_potential(cls, cutoff, state)
+        state = pot.state_dict()
+        cases[name] = Case(pot, data, single)
+    if params_only:
+        cases["congener, backward(inputs=params)"] = Case(
+            make_potential(DimeNetPP, cutoff, state), data, single, params_only=True)
+    for case in cases.values():  # warm-up
+        case.train_step()
+        case.energy_forces()
+    train: dict[str, list[float]] = {k: [] for k in cases}
+    ef: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(reps):  # interleaved, so that all models see the same load
+        for key, case in cases.items():
+            # the first call after switching model pays for the other model's memory layout;
+            # the trainer runs one model step after step, so that call is not counted
+            train[key] += timed(case.train_step, 3)[1:]
+            ef[key] += timed(case.energy_forces, 6)[1:]
+    return {"info": f"{g.edge_index.shape[1]} edges, {g.triplet_kj.shape[0]} triplets",
+            "train_ms": {k: 1000 * statistics.median(v) for k, v in train.items()},
+            "ef_ms": {k: 1000 * statistics.median(v) for k, v in ef.items()},
+            "build_ms": 1000 * statistics.median(timed(lambda: build_graph(single, cutoff), 20))}
+
+
+def timing_child(argv: list[str]) -> None:
+    """Subprocess body: `time_set` for one structure set, printed as JSON.
+
+    Each set runs in a fresh process, as one training run would: a process that had already
+    run the other cutoffs carries their larger heap and is 5-10 % slower per step."""
+    cutoff, kind, reps, threads, compare, params_only = argv
+    tune_allocator()
+    torch.set_num_threads(int(threads))
+    print(json.dumps(time_set(float(cutoff), kind, int(reps), compare or None,
+                              params_only == "1")))
+
+
+def run_timing(cutoff: float, kind: str, args: argparse.Namespace) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--timing-child", str(cutoff), kind, str(args.reps),
+         str(args.threads), args.compare or "", "1" if args.params_only else "0"],
+        check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="interleaved rounds (default 5)")
@@ -209,63 +264,35 @@ def main() -> None:
                     help="also time the step with backward(inputs=parameters)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--memory-child", nargs=2, metavar=("CUTOFF", "KIND"), help=argparse.SUPPRESS)
+    ap.add_argument("--timing-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         memory_child(float(args.memory_child[0]), args.memory_child[1])
         return
-
-    tune_allocator()
-    torch.set_num_threads(args.threads)
-    models = {"congener": DimeNetPP}
-    if args.compare:
-        models[args.compare] = load_revision(args.compare).DimeNetPP
-    cases: dict[tuple, Case] = {}
-    info: dict[tuple, str] = {}
-    for cutoff in args.cutoffs:
-        for kind in args.kinds:
-            data = LabelledSet(structures(kind, 2 * BATCH), cutoff)
-            single = structures(kind, 1, seed=100)[0]
-            g = build_graph(single, cutoff)
-            info[cutoff, kind] = f"{g.edge_index.shape[1]} edges, {g.triplet_kj.shape[0]} triplets"
-            state = None
-            for name, cls in models.items():
-                pot = make_potential(cls, cutoff, state)
-                state = pot.state_dict()
-                cases[name, cutoff, kind] = Case(pot, data, single)
-            if args.params_only:
-                cases["congener, backward(inputs=params)", cutoff, kind] = Case(
-                    make_potential(DimeNetPP, cutoff, state), data, single, params_only=True)
-    for case in cases.values():  # warm-up
-        case.train_step()
-        case.energy_forces()
+    if args.timing_child:
+        timing_child(args.timing_child)
+        return
 
     loads = [load()]
-    train: dict[tuple, list[float]] = {k: [] for k in cases}
-    ef: dict[tuple, list[float]] = {k: [] for k in cases}
-    for _ in range(args.reps):
-        for key, case in cases.items():
-            train[key] += timed(case.train_step, 2)
-            ef[key] += timed(case.energy_forces, 5)
-        loads.append(load())
-    build = {}
-    single = structures("crystal", 1, seed=100)[0]
+    results = {}
     for cutoff in args.cutoffs:
-        build[cutoff] = statistics.median(timed(lambda c=cutoff: build_graph(single, c), 20))
+        for kind in args.kinds:
+            results[cutoff, kind] = run_timing(cutoff, kind, args)
+            loads.append(load())
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
+    print(f"torch {torch.__version__}, {args.threads} threads, float32, "
           f"{os.cpu_count()} CPUs; {args.reps} rounds; {loads[0]} at start, {loads[-1]} at end")
     print()
     print("| model | cutoff Å | structures | train ms/structure (batch 8) | train ms/batch | "
           "E+F ms (1 structure) |")
     print("|---|---|---|---|---|---|")
-    for (name, cutoff, kind) in cases:
-        t = 1000 * statistics.median(train[name, cutoff, kind])
-        e = 1000 * statistics.median(ef[name, cutoff, kind])
-        print(f"| {name} | {cutoff} | {kind} ({info[cutoff, kind]}) | {t / BATCH:.1f} | "
-              f"{t:.0f} | {e:.1f} |")
+    for (cutoff, kind), res in results.items():
+        for name, t in res["train_ms"].items():
+            print(f"| {name} | {cutoff} | {kind} ({res['info']}) | {t / BATCH:.1f} | "
+                  f"{t:.0f} | {res['ef_ms'][name]:.1f} |")
     print()
     print("build_graph of one crystal structure (vesin + triplets): " + ", ".join(
-        f"{1000 * v:.1f} ms at {c} Å" for c, v in build.items()))
+        f"{results[c, k]['build_ms']:.1f} ms at {c} Å" for c, k in results if k == "crystal"))
 
     if not args.no_memory:
         print()
@@ -285,9 +312,8 @@ def main() -> None:
             for kind in args.kinds:
                 ct = run_chemtrain(cutoff, kind, args.reps, args.threads)
                 # congener again right after chemtrain, so that both see similar load
-                case = cases["congener", cutoff, kind]
-                t = 1000 * statistics.median(timed(case.train_step, 2 * args.reps))
-                e = 1000 * statistics.median(timed(case.energy_forces, 5 * args.reps))
+                res = run_timing(cutoff, kind, args)
+                t, e = res["train_ms"]["congener"], res["ef_ms"]["congener"]
                 print(f"| {cutoff} | {kind} | {ct['train_ms']:.0f} | {t:.0f} | "
                       f"{ct['train_ms'] / t:.1f}x | {ct['ef_ms']:.1f} / {ct['ef_model_ms']:.1f} | "
                       f"{e:.1f} | {ct['ef_model_ms'] / e:.1f}x |")
