@@ -65,6 +65,31 @@ def test_force_only_fits_energy_constant(sw_sets):
     assert np.mean(resid - refs["Si"]) == pytest.approx(0.0, abs=1e-10)
 
 
+def test_energy_mode_refits_references_after_training(sw_sets, tmp_path):
+    train, val = sw_sets
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=3e-3, seed=3, dtype="float64",
+                      energy_weight=1.0)
+    tset, vset = LabelledSet(train, 4.0), LabelledSet(val, 4.0)
+    pot = small_potential(cutoff=4.0)
+    fit(pot, tset, vset, cfg, run_dir=tmp_path / "run")
+    from congener.training.refs import network_energies
+    per_atom = tset.energy.numpy() / tset.n_atoms.numpy()
+
+    def residual(p):  # per-atom energy errors on the training data, references included
+        return (network_energies(p, tset) / tset.n_atoms.numpy() + p.get_energy_refs()["Si"]
+                - per_atom)
+
+    # the final references are the least-squares constant of the final weights: no mean offset
+    assert np.mean(residual(pot)) == pytest.approx(0.0, abs=1e-10)
+    # best.pt holds the same weights with the references fitted before training: an offset
+    # remains there, and the refit can only lower the training energy MSE
+    before = load_potential(tmp_path / "run" / "best.pt", dtype=torch.float64)
+    assert abs(np.mean(residual(before))) > 1e-4
+    assert np.mean(residual(pot) ** 2) < np.mean(residual(before) ** 2)
+    saved = load_potential(tmp_path / "run" / "model.pt", dtype=torch.float64)
+    assert saved.get_energy_refs() == pot.get_energy_refs()
+
+
 @pytest.mark.parametrize("ema_decay", [0.0, 0.5])
 def test_resume_continues_identically(sw_sets, tmp_path, ema_decay):
     train, val = sw_sets

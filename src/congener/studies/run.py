@@ -57,7 +57,7 @@ def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, 
     result = fit(potential, tset, vset, tcfg, run_dir=out, callback=callback,
                  metadata={"mode": "source", "study": cfg.name,
                            "train_data": file_hash_of(study_dir / "data" / "source_train.extxyz")})
-    final = metrics(evaluate(potential, vset))  # after the force-only energy refit
+    final = metrics(evaluate(potential, vset))  # after the energy-reference refit
     res = {"val": {"val_energy_mae": final["energy_mae"], "val_force_mae": final["force_mae"]},
            "seconds": result.seconds, "epochs": len(result.history), "n_train": len(train)}
     _write_json(done, res)
