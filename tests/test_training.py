@@ -15,7 +15,7 @@ from congener.errors import CheckpointError, ConfigError, SimulationUnstable
 from congener.models.checkpoint import load_potential
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
-from congener.training.refs import fit_energy_refs
+from congener.training.refs import fit_energy_refs, network_energies
 from congener.training.trainer import fit, validate
 from tests.conftest import rattled_diamond, small_potential
 
@@ -60,7 +60,6 @@ def test_force_only_fits_energy_constant(sw_sets):
     pot = small_potential(cutoff=4.0)
     refs = fit_energy_refs(pot, data)
     # with the constant fitted, the mean per-atom energy residual vanishes
-    from congener.training.refs import network_energies
     resid = (data.energy.numpy() - network_energies(pot, data)) / data.n_atoms.numpy()
     assert np.mean(resid - refs["Si"]) == pytest.approx(0.0, abs=1e-10)
 
@@ -72,7 +71,6 @@ def test_energy_mode_refits_references_after_training(sw_sets, tmp_path):
     tset, vset = LabelledSet(train, 4.0), LabelledSet(val, 4.0)
     pot = small_potential(cutoff=4.0)
     fit(pot, tset, vset, cfg, run_dir=tmp_path / "run")
-    from congener.training.refs import network_energies
     per_atom = tset.energy.numpy() / tset.n_atoms.numpy()
 
     def residual(p):  # per-atom energy errors on the training data, references included
