@@ -231,3 +231,17 @@ def test_source_model_must_share_the_study_architecture(files, tmp_path):
                                           "has hidden 8"):
         run_study(study_config(values), tmp_path / "study")
     assert not (tmp_path / "study").exists()  # refused before any setting is stored
+
+
+def test_scaled_mode_fits_scales_per_run_and_reports_them(files, tmp_path):
+    cfg = tiny(files, sizes=[2], seeds=[0], modes=["scratch", "scaled"], temperature=None,
+               workers=1)
+    report = run_study(cfg, tmp_path / "study").read_text()
+    run = tmp_path / "study" / "runs" / "scaled-n2-s0"
+    scales = json.loads((run / "metrics.json").read_text())["scales"]
+    assert scales["force_mae_after"] <= scales["force_mae_before"]
+    # the run's model is the source's with the cutoff divided by the fitted length scale
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["cutoff"] == pytest.approx(4.0 / scales["length"])
+    assert "Corresponding-states scales" in report and "| scaled-n2-s0 |" in report
+    assert "Reduction of the error by scaled against scratch" in report

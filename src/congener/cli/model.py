@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -156,14 +156,18 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
                    "outputs, output:K, basis, or parameter-name patterns.")
 @click.option("--soft-freeze", type=float, default=None,
               help="Instead of freezing, scale the learning rate of --freeze parts by this.")
+@click.option("--scale", "scale", default="none", show_default=True,
+              help="Corresponding-states start: 'auto' fits a length and an energy scale to "
+                   "the training forces (target distances x S, energies x MU), 'S,MU' sets "
+                   "them, 'none' starts from the source as it is.")
 @_train_options
-def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_freeze,
+def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_freeze, scale,
                      train_file, val_file, val_fraction, test_file, config_file, run_dir,
                      **overrides):
     """Fine-tune a source-element model on target-element data (all parameters by default)."""
     from congener.data.structures import file_hash_of
     from congener.models.checkpoint import load_potential
-    from congener.training import transfer
+    from congener.training import scaling, transfer
 
     pairs = {}
     for item in mapping:
@@ -177,6 +181,14 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
                       fixed_model="a transfer keeps the source model's architecture")
     potential = transfer.map_species(load_potential(source_model), pairs,
                                      fresh_embedding=fresh_embedding, seed=cfg.seed)
+    train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
+    meta = {"mode": "transfer", "source_model": str(source_model), "mapping": pairs,
+            "train_data": file_hash_of(train_file)}
+    if scale != "none":
+        found = _scales(potential, train, scale)
+        potential = scaling.scale_potential(potential, found.length, found.energy)
+        meta["scales"] = asdict(found)
+        click.echo(f"corresponding states: {found.describe()}; cutoff {potential.cutoff:.3f} Å")
     scales = None
     if freeze_parts:
         parts = [p.strip() for p in freeze_parts.split(",") if p.strip()]
@@ -186,10 +198,21 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
         else:
             names = transfer.freeze(potential, parts)
             click.echo(f"frozen: {len(names)} parameter tensors ({', '.join(parts)})")
-    train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
-    meta = {"mode": "transfer", "source_model": str(source_model), "mapping": pairs,
-            "train_data": file_hash_of(train_file)}
     _run(potential, train, val, None, cfg, run_dir, test_file, lr_scales=scales, meta=meta)
+
+
+def _scales(potential, train, value: str):
+    """--scale: 'auto' (fitted to the training forces) or 'S,MU'."""
+    from congener.training.scaling import Scales, fit_scales
+
+    if value == "auto":
+        return fit_scales(potential, train)
+    try:
+        length, energy = (float(x) for x in value.split(","))
+    except ValueError:
+        raise ConfigError(f"--scale takes auto, none or S,MU, e.g. 0.93,0.8 (got {value!r})") \
+            from None
+    return Scales(length, energy, float("nan"), float("nan"))
 
 
 @cli.command("evaluate")

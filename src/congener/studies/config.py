@@ -9,7 +9,7 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     mapping: {Si: Ge}
     sizes: [1, 10, 50]
     seeds: [0, 1, 2]
-    modes: [scratch, transfer]
+    modes: [scratch, transfer]   # also: frozen, scaled (transfer from a corresponding-states start)
     budget: {updates: 150, min_epochs: 5, max_epochs: 150, validations: 15}
     model: {cutoff: 4.3}          # DimeNetConfig fields (a given source model must match)
     train: {lr: 0.001, ...}       # TrainConfig fields (the base of every run)
@@ -40,11 +40,13 @@ from congener.training.config import TrainConfig, from_dict, read_mapping
 
 
 class Mode(StrEnum):
-    """How a target model starts: random weights, all source weights, or partly frozen."""
+    """How a target model starts: random weights, all source weights, partly frozen, or all
+    source weights after a corresponding-states scaling (`congener.training.scaling`)."""
 
     scratch = "scratch"
     transfer = "transfer"
     frozen = "frozen"
+    scaled = "scaled"
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ class StudyConfig:
             raise ConfigError("seeds must list at least one seed")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1 (got {self.workers})")
-        uses_source = Mode.transfer in self.modes or Mode.frozen in self.modes
+        uses_source = any(m != Mode.scratch for m in self.modes)
         if uses_source and not (self.source.model or self.source.data):
             raise ConfigError("source: give a model or data for transfer modes")
         if self.target.val_size < 1:
@@ -203,7 +205,7 @@ def study_config(values: dict[str, Any] | None = None) -> StudyConfig:
             try:
                 kwargs[key] = tuple(Mode(m) for m in value)
             except ValueError as exc:
-                raise ConfigError(f"modes: {exc} (choose from scratch, transfer, frozen)") \
+                raise ConfigError(f"modes: {exc} (choose from {', '.join(Mode)})") \
                     from exc
         else:
             kwargs[key] = value

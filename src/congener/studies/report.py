@@ -146,7 +146,7 @@ def _pyplot():
 def markdown_table(stats: dict, table: Sequence[dict[str, Any]] = (), kind: str = "curve"
                    ) -> str:
     """Mean ± std per (size, mode); with the run `table`, the per-seed (paired) reduction of
-    the errors by transfer against scratch."""
+    the errors by each other mode against scratch."""
     modes = sorted({m for (m, _) in stats})
     sizes = sorted({s for (_, s) in stats})
     head = "| size | " + " | ".join(f"{m} E (meV/atom) | {m} F (eV/Å)" for m in modes)
@@ -160,18 +160,36 @@ def markdown_table(stats: dict, table: Sequence[dict[str, Any]] = (), kind: str 
             else:
                 cells += ["", ""]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    if "scratch" in modes and "transfer" in modes:
-        de, df = improvement(stats, "energy_mae"), improvement(stats, "force_mae")
-        pe = paired_improvement(table, "energy_mae", kind=kind)
-        pf = paired_improvement(table, "force_mae", kind=kind)
-        lines += ["", "Reduction of the error by transfer: of the means, and per seed (same "
-                  "training set in both modes) as mean ± std with the seeds transfer wins.", "",
+    for other in [m for m in modes if m != "scratch"] if "scratch" in modes else []:
+        de = improvement(stats, "energy_mae", other=other)
+        df = improvement(stats, "force_mae", other=other)
+        pe = paired_improvement(table, "energy_mae", other=other, kind=kind)
+        pf = paired_improvement(table, "force_mae", other=other, kind=kind)
+        lines += ["", f"Reduction of the error by {other} against scratch: of the means, and "
+                  f"per seed (same training set in both modes) as mean ± std with the seeds "
+                  f"{other} wins.", "",
                   "| size | energy: of means | energy: per seed | force: of means | "
                   "force: per seed |", "|---|---|---|---|---|"]
         for s in sorted(de):
             cells = [f"{de[s]:+.0f} %", _paired(pe.get(s)), f"{df[s]:+.0f} %", _paired(pf.get(s))]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def scales_section(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[str]:
+    """Markdown lines: the corresponding-states scales of each `scaled` run (none: [])."""
+    runs = [(spec, res["scales"]) for spec, res in results if res.get("scales")]
+    if not runs:
+        return []
+    lines = ["## Corresponding-states scales (`scaled` runs)", "",
+             "Fitted per run to its training forces before training: target distances x length, "
+             "energies x energy (the cutoff becomes the source's / length); force MAE on the "
+             "training structures before training, unscaled -> scaled.", "",
+             "| run | length | energy | force MAE before training (eV/Å) |", "|---|---|---|---|"]
+    for spec, sc in sorted(runs, key=lambda r: r[0].name):
+        lines.append(f"| {spec.name} | {sc['length']:.4f} | {sc['energy']:.4f} | "
+                     f"{sc['force_mae_before']:.4f} -> {sc['force_mae_after']:.4f} |")
+    return [*lines, ""]
 
 
 def _paired(value: tuple[float, float, int, int] | None) -> str:
@@ -203,6 +221,7 @@ def write_report(cfg: StudyConfig, study_dir: Path,
         plot_learning_curves(stats, study_dir / "learning_curves.png")
         parts += ["## Learning curve (test set, mean ± std over seeds)", "",
                   markdown_table(stats, table), "", "![learning curves](learning_curves.png)", ""]
+    parts += scales_section(results)
     if any(s.kind == "temperature" for s, _ in results):
         plot_temperature(results, study_dir / "temperature.png")
         t_stats = summary(table, "temperature")

@@ -16,9 +16,11 @@ from congener.data.structures import elements_of, file_hash_of, read_structures
 from congener.errors import ConfigError
 from congener.models.checkpoint import build_potential, load_potential, read_checkpoint
 from congener.models.potential import Potential
+from congener.runtime import set_threads
 from congener.studies.config import Mode, StudyConfig, config_from_dict, spec_from_dict
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
+from congener.training.scaling import fit_scales, scale_potential
 from congener.training.trainer import fit
 from congener.training.transfer import freeze, lr_scales, map_species
 
@@ -65,17 +67,21 @@ def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, 
 
 
 def _initial_model(cfg: StudyConfig, mode: Mode, study_dir: Path, elements: list[str],
-                   seed: int) -> tuple[Potential, dict[str, float] | None, list[str]]:
+                   seed: int, train: list) -> tuple[Potential, dict[str, Any]]:
+    """The run's starting model and what was done to it (frozen names, lr scales, scales)."""
     torch.manual_seed(seed)
     if mode == Mode.scratch:
-        return build_potential(elements, cfg.model), None, []
+        return build_potential(elements, cfg.model), {}
     source = load_potential(source_model_path(cfg, study_dir))
     potential = map_species(source, cfg.mapping, seed=seed)
     if mode == Mode.frozen:
         if cfg.soft_freeze is not None:
-            return potential, lr_scales(potential, cfg.freeze, cfg.soft_freeze), []
-        return potential, None, freeze(potential, cfg.freeze)
-    return potential, None, []
+            return potential, {"lr_scales": lr_scales(potential, cfg.freeze, cfg.soft_freeze)}
+        return potential, {"frozen": freeze(potential, cfg.freeze)}
+    if mode == Mode.scaled:  # fitted to this run's training forces only
+        found = fit_scales(potential, train)
+        return scale_potential(potential, found.length, found.energy), {"scales": asdict(found)}
+    return potential, {}
 
 
 def run_config(cfg: StudyConfig, size: int, seed: int, lr: float | None, threads: int,
@@ -103,13 +109,15 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     train = [pool[k] for k in spec.train_idx]
     val = [pool[k] for k in spec.val_idx]
     tcfg = run_config(cfg, spec.size, spec.seed, spec.lr, threads, spec.decay)
-    potential, scales, frozen = _initial_model(cfg, spec.mode, root, elements_of(pool), spec.seed)
+    set_threads(threads or None)  # the start (a scale fit) runs on the run's share of cores
+    potential, start = _initial_model(cfg, spec.mode, root, elements_of(pool), spec.seed, train)
     (run_dir / "config.json").write_text(json.dumps(
-        {"run": asdict(spec), "train": asdict(tcfg), "model": asdict(cfg.model),
-         "frozen": frozen, "lr_scales": scales}, indent=2, default=str))
+        {"run": asdict(spec), "train": asdict(tcfg), "model": asdict(potential.network.cfg),
+         "frozen": start.get("frozen", []), "lr_scales": start.get("lr_scales"),
+         "scales": start.get("scales")}, indent=2, default=str))
     cutoff = potential.cutoff
     result = fit(potential, LabelledSet(train, cutoff), LabelledSet(val, cutoff), tcfg,
-                 run_dir=run_dir, lr_scales=scales,
+                 run_dir=run_dir, lr_scales=start.get("lr_scales"),
                  metadata={"mode": str(spec.mode), "run": spec.name, "study": cfg.name,
                            "train_data": f"{file_hash_of(root / 'data' / 'target_pool.extxyz')}"
                                          f" rows {list(spec.train_idx)}"})
@@ -119,6 +127,8 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
            "by_temperature": breakdown(ev, "temperature"),
            "per_structure_force_mae": force_mae_per_structure(ev).tolist(),
            "temperatures": np.nan_to_num(ev.temperatures, nan=-1).tolist()}
+    if "scales" in start:
+        res["scales"] = start["scales"]
     _write_json(run_dir / "metrics.json", res)
     return res
 
