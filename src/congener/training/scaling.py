@@ -121,9 +121,10 @@ def fit_scales(potential: Potential, structures: Sequence[Atoms], *,
     res = optimize.minimize_scalar(mse, bounds=(max(lo, best - step), min(hi, best + step)),
                                    method="bounded", options={"xatol": 1e-3})
     length = float(res.x) if res.fun <= mse(best) else float(best)
-    err_before = float(np.mean(np.abs(
-        (ev := evaluate(potential, subset)).f_pred - ev.f_ref)))
-    if mse(length) >= float(np.mean((ev.f_pred - ev.f_ref) ** 2)):
-        return Scales(1.0, 1.0, err_before, err_before)
+    unscaled = evaluate(potential, subset)
+    diff = unscaled.f_pred - unscaled.f_ref
+    mae_before = float(np.mean(np.abs(diff)))
+    if mse(length) >= float(np.mean(diff ** 2)):
+        return Scales(1.0, 1.0, mae_before, mae_before)
     mu, _, mae = cache[length]
-    return Scales(length, mu, err_before, mae)
+    return Scales(length, mu, mae_before, mae)
