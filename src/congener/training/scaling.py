@@ -29,10 +29,10 @@ import torch
 from ase import Atoms
 from scipy import optimize
 
-from congener.analysis.errors import evaluate
 from congener.errors import ConfigError
 from congener.models.dimenet import DimeNetPP
 from congener.models.potential import Potential
+from congener.training.data import LabelledSet
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,19 @@ def scale_potential(potential: Potential, length: float = 1.0, energy: float = 1
     return new
 
 
+def _forces(potential: Potential, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and reference forces [N, 3] (graphs at the potential's own cutoff)."""
+    data = LabelledSet(structures, potential.cutoff, name="scale-fit structures")
+    param = next(potential.parameters())
+    pred = [potential(graph.to(param.device, param.dtype)).forces.cpu().double().numpy()
+            for graph, _ in data.batches(8)]
+    return np.concatenate(pred), torch.cat(data.forces).double().numpy()
+
+
 def _fit_energy(potential: Potential, structures: Sequence[Atoms], length: float
                 ) -> tuple[float, float, float]:
     """(mu, force MSE, force MAE) of the best energy scale at this length scale."""
-    ev = evaluate(scale_potential(potential, length), structures)
-    pred, ref = ev.f_pred, ev.f_ref
+    pred, ref = _forces(scale_potential(potential, length), structures)
     mu = float((pred * ref).sum() / max(float((pred * pred).sum()), 1e-30))
     residual = mu * pred - ref
     return mu, float(np.mean(residual ** 2)), float(np.mean(np.abs(residual)))
@@ -121,8 +129,8 @@ def fit_scales(potential: Potential, structures: Sequence[Atoms], *,
     res = optimize.minimize_scalar(mse, bounds=(max(lo, best - step), min(hi, best + step)),
                                    method="bounded", options={"xatol": 1e-3})
     length = float(res.x) if res.fun <= mse(best) else float(best)
-    unscaled = evaluate(potential, subset)
-    diff = unscaled.f_pred - unscaled.f_ref
+    pred, ref = _forces(potential, subset)
+    diff = pred - ref
     mae_before = float(np.mean(np.abs(diff)))
     if mse(length) >= float(np.mean(diff ** 2)):
         return Scales(1.0, 1.0, mae_before, mae_before)
