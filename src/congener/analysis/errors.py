@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.units import GPa
 
 from congener.models.potential import Potential
-from congener.training.data import LabelledSet
+from congener.training.data import LabelledSet, predictions
 
 
 @dataclass
@@ -42,12 +42,8 @@ def evaluate(potential: Potential, structures: Sequence[Atoms] | LabelledSet, *,
     """Predict all structures and collect errors against their reference labels."""
     data = structures if isinstance(structures, LabelledSet) else LabelledSet(
         structures, potential.cutoff, name="evaluation data")
-    param = next(potential.parameters())
     e_pred, f_pred, s_pred = [], [], []
-    for graph, _ in data.batches(batch_size):
-        graph = graph.to(param.device, param.dtype)
-        with torch.enable_grad():
-            out = potential(graph, stress=bool(graph.cell.abs().sum() > 0))
+    for _, out in predictions(potential, data, batch_size=batch_size, stress=True):
         e_pred.append(out.energy.cpu().numpy())
         f_pred.append(out.forces.detach().cpu().double().numpy())
         s_pred.append(out.stress.detach().cpu().double().numpy() if out.stress is not None

@@ -160,7 +160,8 @@ def markdown_table(stats: dict, table: Sequence[dict[str, Any]] = (), kind: str 
             else:
                 cells += ["", ""]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    for other in [m for m in modes if m != "scratch"] if "scratch" in modes else []:
+    others = [m for m in modes if m != "scratch"] if "scratch" in modes else []
+    for other in others:
         de = improvement(stats, "energy_mae", other=other)
         df = improvement(stats, "force_mae", other=other)
         pe = paired_improvement(table, "energy_mae", other=other, kind=kind)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from congener.data.structures import energy_of, forces_of, stress_of, validate
 from congener.graph import Graph, GraphCache
+from congener.models.potential import Potential, Prediction
 
 
 @dataclass
@@ -60,3 +61,15 @@ class LabelledSet:
         order = list(range(len(self))) if order is None else list(order)
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start:start + batch_size])
+
+
+def predictions(potential: Potential, data: LabelledSet, *, batch_size: int = 8,
+                stress: bool = False) -> Iterator[tuple[Graph, Prediction]]:
+    """`potential` on `data` batch by batch (graphs moved to its device and dtype); stress only
+    when asked for and the batch has cells. Outputs are detached."""
+    param = next(potential.parameters())
+    for graph, _ in data.batches(batch_size):
+        graph = graph.to(param.device, param.dtype)
+        with torch.enable_grad():  # forces need autograd even under no_grad
+            out = potential(graph, stress=stress and bool(graph.cell.abs().sum() > 0))
+        yield graph, out

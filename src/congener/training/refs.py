@@ -7,21 +7,15 @@ import torch
 from ase.data import atomic_numbers
 
 from congener.models.potential import Potential
-from congener.training.data import LabelledSet
+from congener.training.data import LabelledSet, predictions
 
 
 @torch.no_grad()
 def network_energies(potential: Potential, data: LabelledSet, *, batch_size: int = 16
                      ) -> np.ndarray:
     """Energies [S] (eV) of the network alone, without reference energies."""
-    param = next(potential.parameters())
-    out = []
-    for graph, _ in data.batches(batch_size):
-        graph = graph.to(param.device, param.dtype)
-        with torch.enable_grad():
-            e = potential(graph).energy
-        out.append((e - potential.reference_energy(graph)).cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate([(out.energy - potential.reference_energy(graph)).cpu().numpy()
+                           for graph, out in predictions(potential, data, batch_size=batch_size)])
 
 
 def fit_energy_refs(potential: Potential, data: LabelledSet) -> dict[str, float]:

@@ -19,7 +19,6 @@ two-parameter fit over a model evaluation, not something a library provides.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -32,7 +31,7 @@ from scipy import optimize
 from congener.errors import ConfigError
 from congener.models.dimenet import DimeNetPP
 from congener.models.potential import Potential
-from congener.training.data import LabelledSet
+from congener.training.data import LabelledSet, predictions
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,10 @@ def scale_potential(potential: Potential, length: float = 1.0, energy: float = 1
     with torch.no_grad():
         for block in new_net.outputs:
             block.lin.weight.mul_(energy)
-    new = copy.deepcopy(potential)
-    new.network = new_net
-    for name, p in potential.network.named_parameters():  # keep freezing choices
-        new.network.get_parameter(name).requires_grad_(p.requires_grad)
+    for name, p in network.named_parameters():  # keep freezing choices
+        new_net.get_parameter(name).requires_grad_(p.requires_grad)
+    new = Potential(new_net, potential.elements).to(param.device)
+    new.energy_refs.copy_(potential.energy_refs)
     new.metadata = dict(getattr(potential, "metadata", {}) or {})
     return new
 
@@ -84,9 +83,7 @@ def scale_potential(potential: Potential, length: float = 1.0, energy: float = 1
 def _forces(potential: Potential, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and reference forces [N, 3] (graphs at the potential's own cutoff)."""
     data = LabelledSet(structures, potential.cutoff, name="scale-fit structures")
-    param = next(potential.parameters())
-    pred = [potential(graph.to(param.device, param.dtype)).forces.cpu().double().numpy()
-            for graph, _ in data.batches(8)]
+    pred = [out.forces.cpu().double().numpy() for _, out in predictions(potential, data)]
     return np.concatenate(pred), torch.cat(data.forces).double().numpy()
 
 
