@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss)
     parser.add_argument("--huber-delta", type=float, default=TrainConfig.huber_delta)
     parser.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
+    parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--lr-final", type=float, default=3e-5)
@@ -78,6 +79,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       lr_final=args.lr_final, seed=args.seed, loss=args.loss,
                       huber_delta=args.huber_delta, ema_decay=args.ema_decay,
+                      warmup_steps=args.warmup_steps,
                       energy_weight=args.energy_weight if args.mode == "energy" else 0.0,
                       stress_weight=args.stress_weight if args.mode == "energy" else 0.0)
     torch.manual_seed(args.seed)

@@ -91,8 +91,9 @@ def test_energy_mode_refits_references_after_training(sw_sets, tmp_path):
 @pytest.mark.parametrize("ema_decay", [0.0, 0.5])
 def test_resume_continues_identically(sw_sets, tmp_path, ema_decay):
     train, val = sw_sets
+    # with the moving average also a warm-up that runs across the interruption (3 steps/epoch)
     cfg = TrainConfig(epochs=4, batch_size=4, lr=3e-3, seed=2, dtype="float64",
-                      ema_decay=ema_decay)
+                      ema_decay=ema_decay, warmup_steps=8 if ema_decay else 0)
     tset, vset = LabelledSet(train, 4.0), LabelledSet(val, 4.0)
     full = fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "a")
     # stop after 2 epochs by raising from the callback, then resume
@@ -103,7 +104,7 @@ def test_resume_continues_identically(sw_sets, tmp_path, ema_decay):
         fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "b", callback=stop)
     if not ema_decay:  # a checkpoint of an older version, without the settings added since
         last = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
-        for key in ("loss", "huber_delta", "ema_decay"):
+        for key in ("loss", "huber_delta", "ema_decay", "warmup_steps"):
             del last["config"][key]
         del last["ema"]
         torch.save(last, tmp_path / "b" / "last.pt")
@@ -248,3 +249,22 @@ def test_huber_loss_is_quadratic_below_delta_and_linear_above():
     assert terms.energy_mse == pytest.approx(0.015**2, rel=1e-12)
     mse = loss(pred, ref, TrainConfig(energy_weight=2.0, force_weight=3.0))
     assert float(mse.total) == pytest.approx(2.0 * 0.015**2 + 3.0 * float((forces**2).mean()))
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_warmup_scales_the_first_updates(sw_sets, warmup):
+    """Adam's first update moves every weight by lr * g / |g| = +-lr; with warm-up over w
+    updates the first one is lr / (w + 1)."""
+    train, val = sw_sets
+    lr = 1e-3
+    cfg = TrainConfig(epochs=1, batch_size=len(train), lr=lr, lr_final=lr, seed=0,
+                      dtype="float64", energy_weight=1.0, warmup_steps=warmup)
+    pot = small_potential(cutoff=4.0).to(torch.float64)
+    before = [p.detach().clone() for p in pot.parameters()]
+    fit(pot, LabelledSet(train, 4.0), LabelledSet(val, 4.0), cfg)
+    steps = torch.cat([(p.detach() - b).abs().flatten()
+                       for p, b in zip(pot.parameters(), before, strict=True)])
+    moved = steps[steps > 0]
+    assert moved.numel() > 0.5 * steps.numel()
+    torch.testing.assert_close(moved.median(), torch.tensor(lr / (warmup + 1), dtype=moved.dtype),
+                               rtol=1e-4, atol=0)  # Adam eps: g / (|g| + 1e-8)

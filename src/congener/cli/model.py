@@ -34,6 +34,9 @@ def _train_options(fn):
                      help="Huber threshold in eV/atom, eV/Å and GPa [default: 0.01]."),
         click.option("--ema-decay", type=float, default=None,
                      help="Keep a moving average of the weights, e.g. 0.99 [default: 0 = off]."),
+        click.option("--warmup-steps", type=int, default=None,
+                     help="Ramp the learning rate up over the first N updates (for a second "
+                          "stage or a fine-tuning) [default: 0 = off]."),
         click.option("--patience", type=int, default=None, help="Early stopping (epochs)."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ..."),
@@ -110,7 +113,7 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
 
 
 _OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress_weight", "loss",
-              "huber_delta", "ema_decay", "patience", "seed", "device", "dtype")
+              "huber_delta", "ema_decay", "warmup_steps", "patience", "seed", "device", "dtype")
 
 
 @cli.command("train")

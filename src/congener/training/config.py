@@ -21,6 +21,10 @@ class TrainConfig:
     `huber_delta`, in each term's unit (eV/atom, eV/Å, GPa): x^2/2 below it, linear above, so
     large errors pull less and the fit leans toward the median, which MAE measures.
     The learning rate decays exponentially from `lr` to `lr_final` over `epochs`.
+    `warmup_steps` > 0 ramps the learning rate linearly up to its scheduled value over the
+    first that many updates: a restarted Adam (fresh moments) otherwise moves every weight by
+    about `lr` in its first steps, which knocks a trained model (a fine-tuning or a later
+    stage) away from where it was.
     `ema_decay` > 0 keeps an exponential moving average of the weights (updated after every
     step, as in MACE and NequIP); validation, checkpoints and the final model then use it.
     """
@@ -35,6 +39,7 @@ class TrainConfig:
     loss: str = "mse"  # "mse" (the paper's Eq. 1) or "huber"
     huber_delta: float = 0.01
     ema_decay: float = 0.0  # 0 = off; e.g. 0.99
+    warmup_steps: int = 0  # updates over which the learning rate ramps up from 0; 0 = off
     patience: int = 0  # epochs without validation improvement before stopping; 0 = never
     grad_clip: float = 10.0  # max gradient norm; 0 = off
     seed: int = 0
@@ -49,7 +54,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be > 0 (got {getattr(self, name)})")
         for name in ("energy_weight", "force_weight", "stress_weight", "patience", "grad_clip",
-                     "threads"):
+                     "threads", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (got {getattr(self, name)})")
         if self.energy_weight == 0 and self.force_weight == 0:

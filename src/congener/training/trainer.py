@@ -93,8 +93,14 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
                  ema: AveragedModel | None) -> dict[str, float]:
     param = next(potential.parameters())
     sums, count = np.zeros(3), 0
+    step = epoch * math.ceil(len(data) / cfg.batch_size)  # updates before this epoch
+    scheduled = [group["lr"] for group in opt.param_groups]
     for graph, ref in data.batches(cfg.batch_size, rng.permutation(len(data))):
         graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
+        if step < cfg.warmup_steps + 1:  # linear warm-up (and back to the schedule after it)
+            for group, lr in zip(opt.param_groups, scheduled, strict=True):
+                group["lr"] = lr * min(1.0, (step + 1) / (cfg.warmup_steps + 1))
+        step += 1
         opt.zero_grad(set_to_none=True)
         pred = potential(graph, stress=cfg.stress_weight > 0, create_graph=True)
         terms = loss(pred, ref, cfg)
