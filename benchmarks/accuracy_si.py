@@ -65,6 +65,8 @@ def main() -> None:
                         help="DimeNet++ sizes other than the default, e.g. "
                              "hidden=64,out_emb=128,int_emb=32,basis_emb=4")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="Intra-op threads (default: all cores; 1 to run two side by side)")
     parser.add_argument("--init", default=None,
                         help="Start from this checkpoint (two-stage: force-only, then energy)")
     parser.add_argument("-o", "--output", default=None)
@@ -79,7 +81,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       lr_final=args.lr_final, seed=args.seed, loss=args.loss,
                       huber_delta=args.huber_delta, ema_decay=args.ema_decay,
-                      warmup_steps=args.warmup_steps,
+                      warmup_steps=args.warmup_steps, threads=args.threads,
                       energy_weight=args.energy_weight if args.mode == "energy" else 0.0,
                       stress_weight=args.stress_weight if args.mode == "energy" else 0.0)
     torch.manual_seed(args.seed)
