@@ -74,8 +74,13 @@ def _optimizer(potential: Potential, cfg: TrainConfig, lr_scales: dict[str, floa
                              for s, ps in groups.items()])
 
 
-def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> float:
+def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int,
+            step: int | None = None) -> float:
+    """Set (and return) the learning rate: exponential decay over the epochs and, given the
+    update's index `step`, the linear warm-up over the first `cfg.warmup_steps` updates."""
     lr = cfg.lr * (cfg.lr_final / cfg.lr) ** (epoch / max(cfg.epochs - 1, 1))
+    if step is not None:
+        lr *= min(1.0, (step + 1) / (cfg.warmup_steps + 1))
     for group in opt.param_groups:
         group["lr"] = lr * group["scale"]
     return lr
@@ -94,12 +99,10 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
     param = next(potential.parameters())
     sums, count = np.zeros(3), 0
     step = epoch * math.ceil(len(data) / cfg.batch_size)  # updates before this epoch
-    scheduled = [group["lr"] for group in opt.param_groups]
     for graph, ref in data.batches(cfg.batch_size, rng.permutation(len(data))):
         graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
-        if step < cfg.warmup_steps + 1:  # linear warm-up (and back to the schedule after it)
-            for group, lr in zip(opt.param_groups, scheduled, strict=True):
-                group["lr"] = lr * min(1.0, (step + 1) / (cfg.warmup_steps + 1))
+        if step <= cfg.warmup_steps:  # in the warm-up (its last step restores the schedule)
+            _set_lr(opt, cfg, epoch, step)
         step += 1
         opt.zero_grad(set_to_none=True)
         pred = potential(graph, stress=cfg.stress_weight > 0, create_graph=True)
