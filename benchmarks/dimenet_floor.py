@@ -11,6 +11,11 @@ beyond this is the rest of the model: bases, gathers, elementwise products and a
 bookkeeping.
 
     .venv/bin/python benchmarks/dimenet_floor.py [--threads 2] [--reps 30]
+    .venv/bin/python benchmarks/dimenet_floor.py --ops   # what the rest costs, op by op
+
+`--ops` times single elementwise ops on one [1792, 32] edge tensor in isolation (operands in
+cache) and then profiles ten E+F of congener's model on the same structure (torch.profiler,
+self time per op and input shape): the same op inside the model, operands no longer in cache.
 """
 
 from __future__ import annotations
@@ -50,12 +55,62 @@ def dense_pass(t: dict[str, torch.Tensor]) -> None:
         t["grad_down"] @ t["w_down"]
 
 
+def op_costs(reps: int) -> None:
+    """Isolated elementwise op times, then the profile of ten real E+F (top ops by self time)."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dimenet_speed import build_graph, make_potential, structures
+
+    from congener.models.dimenet import DimeNetPP
+    from congener.runtime import tune_allocator
+
+    x, y = torch.randn(EDGES, HIDDEN), torch.randn(EDGES, HIDDEN)
+    xn = x.numpy()
+    grad_agg, h = torch.randn(ATOMS, DEGREE, INT_EMB), torch.randn(ATOMS, L * DEGREE, INT_EMB)
+    ops = {"swish": lambda: F.silu(x), "swish backward": lambda: torch.ops.aten.silu_backward(y, x),
+           "exp": lambda: torch.exp(x), "numpy exp": lambda: np.exp(xn),
+           "multiply": lambda: x * y, "[1792, 32] @ [32, 32]": lambda: x @ y[:HIDDEN],
+           "triplet grad @ h^T": lambda: torch.bmm(grad_agg, h.transpose(1, 2))}
+    print(f"isolated, [{EDGES}, {HIDDEN}] float32 (the triplet gradient: [{ATOMS}, {DEGREE}, "
+          f"{INT_EMB}] @ [{ATOMS}, {INT_EMB}, {L * DEGREE}]), CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}:")
+    for name, op in ops.items():
+        for _ in range(20):
+            op()
+        start = time.perf_counter()
+        for _ in range(20 * reps):
+            op()
+        print(f"  {name:24s} {1e6 * (time.perf_counter() - start) / (20 * reps):7.1f} µs")
+    tune_allocator()
+    pot = make_potential(DimeNetPP, 5.0)
+    graph = build_graph(structures("crystal", 1)[0], 5.0).to(dtype=torch.float32)
+    for _ in range(5):
+        pot(graph)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(10):
+            pot(graph)
+    print("ten E+F of the model (self time in µs per call; calls per E+F = calls / 10):")
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=24,
+        max_shapes_column_width=60))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--ops", action="store_true",
+                    help="time single ops in isolation and profile real E+F instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ops:
+        op_costs(args.reps)
+        return
     g = torch.Generator().manual_seed(0)
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
