@@ -65,9 +65,11 @@ def evaluate(potential: Potential, structures: Sequence[Atoms] | LabelledSet, *,
 
 
 def metrics(ev: Evaluation, mask: np.ndarray | None = None) -> dict[str, float]:
-    """MAE and RMSE: energy (meV/atom), force (eV/Å per component), stress (GPa per component).
+    """MAE and RMSE: energy (meV/atom), force (eV/Å per component), stress (GPa per component),
+    and the energy bias: the mean signed per-atom error (prediction - reference, meV/atom).
 
-    `mask` [S] selects structures.
+    `mask` [S] selects structures. A bias per group or temperature that is not small next to
+    that group's MAE is systematic: the model shifts that family as a whole.
     """
     mask = np.ones(len(ev.energy_error), dtype=bool) if mask is None else mask
     de = ev.energy_error[mask] * 1000
@@ -77,6 +79,7 @@ def metrics(ev: Evaluation, mask: np.ndarray | None = None) -> dict[str, float]:
     def mae(x): return float(np.mean(np.abs(x))) if x.size else float("nan")
     def rmse(x): return float(np.sqrt(np.mean(x**2))) if x.size else float("nan")
     return {"n": int(mask.sum()), "energy_mae": mae(de), "energy_rmse": rmse(de),
+            "energy_bias": float(np.mean(de)) if de.size else float("nan"),
             "force_mae": mae(df), "force_rmse": rmse(df), "stress_mae": mae(ds),
             "stress_rmse": rmse(ds)}
 

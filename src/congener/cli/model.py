@@ -236,11 +236,13 @@ def evaluate_command(model, data, by, plot, json_out):
     ev = evaluate(potential, structures)
     rows = {"all": metrics(ev)} | ({} if by == "none" else breakdown(ev, by))
     click.echo(f"{by if by != 'none' else '':>14} {'n':>5} {'E MAE':>9} {'E RMSE':>9} "
-               f"{'F MAE':>8} {'F RMSE':>8} {'S MAE':>7}")
-    click.echo(f"{'':>14} {'':>5} {'meV/at':>9} {'meV/at':>9} {'eV/Å':>8} {'eV/Å':>8} {'GPa':>7}")
+               f"{'E bias':>9} {'F MAE':>8} {'F RMSE':>8} {'S MAE':>7}")
+    click.echo(f"{'':>14} {'':>5} {'meV/at':>9} {'meV/at':>9} {'meV/at':>9} {'eV/Å':>8} "
+               f"{'eV/Å':>8} {'GPa':>7}")
     for key, m in rows.items():
         click.echo(f"{key:>14} {m['n']:5d} {m['energy_mae']:9.2f} {m['energy_rmse']:9.2f} "
-                   f"{m['force_mae']:8.4f} {m['force_rmse']:8.4f} {m['stress_mae']:7.3f}")
+                   f"{m['energy_bias']:+9.2f} {m['force_mae']:8.4f} {m['force_rmse']:8.4f} "
+                   f"{m['stress_mae']:7.3f}")
     if plot:
         click.echo(f"parity plot: {parity_plot(ev, plot, title=Path(model).name)}")
     if json_out:
