@@ -13,9 +13,10 @@ bookkeeping.
     .venv/bin/python benchmarks/dimenet_floor.py [--threads 2] [--reps 30]
     .venv/bin/python benchmarks/dimenet_floor.py --ops   # what the rest costs, op by op
 
-`--ops` times single elementwise ops on one [1792, 32] edge tensor in isolation (operands in
+`--ops` times single ops at the model's shapes in isolation (swish and its backward, exp, a
+product and a matmul on one [1792, 32] edge tensor, the triplet gradient bmm; operands in
 cache) and then profiles ten E+F of congener's model on the same structure (torch.profiler,
-self time per op and input shape): the same op inside the model, operands no longer in cache.
+self time per op and input shape): the same ops inside the model, operands no longer in cache.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def dense_pass(t: dict[str, torch.Tensor]) -> None:
 
 
 def op_costs(reps: int) -> None:
-    """Isolated elementwise op times, then the profile of ten real E+F (top ops by self time)."""
+    """Single ops timed in isolation, then the profile of ten real E+F (top ops by self time)."""
     import sys
     from pathlib import Path
 
@@ -94,7 +95,7 @@ def op_costs(reps: int) -> None:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(10):
             pot(graph)
-    print("ten E+F of the model (self time in µs per call; calls per E+F = calls / 10):")
+    print("ten E+F of the model ('CPU time avg' is per call; calls per E+F = calls / 10):")
     print(prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=24,
         max_shapes_column_width=60))
