@@ -22,10 +22,17 @@ self time per op and input shape): the same ops inside the model, operands no lo
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
+import numpy as np
 import torch
+from dimenet_speed import make_potential, structures, timed  # this script's folder
 from torch.nn import functional as F
+
+from congener.graph import build_graph
+from congener.models.dimenet import DimeNetPP
+from congener.runtime import tune_allocator
 
 EDGES, ATOMS, DEGREE, L, INT_EMB, HIDDEN, BLOCKS = 1792, 64, 28, 7, 16, 32, 4
 
@@ -58,17 +65,7 @@ def dense_pass(t: dict[str, torch.Tensor]) -> None:
 
 def op_costs(reps: int) -> None:
     """Single ops timed in isolation, then the profile of ten real E+F (top ops by self time)."""
-    import sys
-    from pathlib import Path
-
-    import numpy as np
     from torch.profiler import ProfilerActivity, profile
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dimenet_speed import build_graph, make_potential, structures
-
-    from congener.models.dimenet import DimeNetPP
-    from congener.runtime import tune_allocator
 
     x, y = torch.randn(EDGES, HIDDEN), torch.randn(EDGES, HIDDEN)
     xn = x.numpy()
@@ -122,17 +119,10 @@ def main() -> None:
          "emb_w": rand(HIDDEN, 3 * HIDDEN), "grad": rand(EDGES, HIDDEN),
          "cbf": rand(ATOMS, DEGREE, L * DEGREE), "h": rand(ATOMS, L * DEGREE, INT_EMB),
          "grad_agg": rand(ATOMS, DEGREE, INT_EMB)}
-    for _ in range(5):
-        dense_pass(t)
-    times = []
-    for _ in range(args.reps):
-        start = time.perf_counter()
-        dense_pass(t)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    median = 1e3 * times[len(times) // 2]
-    print(f"{args.threads} threads: dense floor of one E+F, median {median:.2f} ms "
-          f"(min {1e3 * times[0]:.2f})")
+    timed(lambda: dense_pass(t), 5)
+    times = timed(lambda: dense_pass(t), args.reps)
+    print(f"{args.threads} threads: dense floor of one E+F, median "
+          f"{1e3 * statistics.median(times):.2f} ms (min {1e3 * min(times):.2f})")
 
 
 if __name__ == "__main__":

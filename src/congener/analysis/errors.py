@@ -76,12 +76,11 @@ def metrics(ev: Evaluation, mask: np.ndarray | None = None) -> dict[str, float]:
     df = ev.force_error[mask[ev.atom_structure]]
     ds = ev.stress_error[mask]
     ds = ds[np.isfinite(ds)]
-    def mae(x): return float(np.mean(np.abs(x))) if x.size else float("nan")
-    def rmse(x): return float(np.sqrt(np.mean(x**2))) if x.size else float("nan")
-    return {"n": int(mask.sum()), "energy_mae": mae(de), "energy_rmse": rmse(de),
-            "energy_bias": float(np.mean(de)) if de.size else float("nan"),
-            "force_mae": mae(df), "force_rmse": rmse(df), "stress_mae": mae(ds),
-            "stress_rmse": rmse(ds)}
+    def mean(x): return float(np.mean(x)) if x.size else float("nan")
+    return {"n": int(mask.sum()), "energy_mae": mean(np.abs(de)),
+            "energy_rmse": mean(de**2) ** 0.5, "energy_bias": mean(de),
+            "force_mae": mean(np.abs(df)), "force_rmse": mean(df**2) ** 0.5,
+            "stress_mae": mean(np.abs(ds)), "stress_rmse": mean(ds**2) ** 0.5}
 
 
 def breakdown(ev: Evaluation, by: str = "group") -> dict[str, dict[str, float]]:
