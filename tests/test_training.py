@@ -11,7 +11,7 @@ from ase.units import GPa
 
 from congener.data.lammps_sw import LammpsSWCalculator
 from congener.data.structures import label
-from congener.errors import CheckpointError, ConfigError, SimulationUnstable
+from congener.errors import CheckpointError, ConfigError, DataError, SimulationUnstable
 from congener.models.checkpoint import load_potential
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
@@ -106,7 +106,7 @@ def test_resume_continues_identically(sw_sets, tmp_path, ema_decay):
         last = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
         for key in ("loss", "huber_delta", "ema_decay", "warmup_steps"):
             del last["config"][key]
-        del last["ema"]
+        del last["ema"], last["identity"]
         torch.save(last, tmp_path / "b" / "last.pt")
     resumed = fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "b")
     a = [r["val_force_mae"] for r in full.history]
@@ -163,6 +163,38 @@ def test_resume_ignores_threads_and_keeps_early_stop(sw_sets, tmp_path):
     again = fit(small_potential(cutoff=4.0), tset, vset, replace(cfg, threads=2),
                 run_dir=tmp_path / "r")
     assert again.stopped_early and len(again.history) == len(first.history)
+
+
+def test_resume_refuses_another_model_data_or_freezing(sw_sets, tmp_path):
+    train, val = sw_sets
+    cfg = TrainConfig(epochs=1, batch_size=4, seed=5)
+    tset, vset = LabelledSet(train, 4.0), LabelledSet(val, 4.0)
+    meta = {"source_model": "si.pt"}
+    fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "r", metadata=meta)
+    # the same setup reruns (the run is finished: nothing left to train)
+    fit(small_potential(cutoff=4.0), tset, vset, cfg, run_dir=tmp_path / "r", metadata=meta)
+    frozen = small_potential(cutoff=4.0)
+    frozen.network.embedding.emb.weight.requires_grad_(False)
+    moved = [a.copy() for a in train]
+    for a, b in zip(moved, train, strict=True):
+        a.calc = b.calc
+    moved[3].positions[0, 0] += 1e-3
+    changed = {  # what the rerun changes -> where the refusal says it differs
+        "model.cutoff": (small_potential(cutoff=3.5), tset, vset, meta),
+        "training data": (small_potential(cutoff=4.0), LabelledSet(moved, 4.0), vset, meta),
+        "validation data": (small_potential(cutoff=4.0), tset, LabelledSet(val[:3], 4.0), meta),
+        "frozen": (frozen, tset, vset, meta),
+        "metadata.source_model": (small_potential(cutoff=4.0), tset, vset,
+                                  {"source_model": "other.pt"}),
+    }
+    for where, (pot, t, v, m) in changed.items():
+        with pytest.raises(CheckpointError, match=f"another {where};"):
+            fit(pot, t, v, cfg, run_dir=tmp_path / "r", metadata=m)
+
+
+def test_empty_sets_are_refused_by_name():
+    with pytest.raises(DataError, match="validation set holds no structures"):
+        LabelledSet([], 4.0, name="validation set")
 
 
 def test_checkpoint_roundtrip_and_corruption(sw_sets, tmp_path):

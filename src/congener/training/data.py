@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from ase import Atoms
 from torch import Tensor
 
 from congener.data.structures import energy_of, forces_of, stress_of, validate
+from congener.errors import DataError
 from congener.graph import Graph, GraphCache
 from congener.models.potential import Potential, Prediction
 
@@ -36,6 +38,8 @@ class LabelledSet:
     """Structures with their graphs (built once) and labels, batched on demand."""
 
     def __init__(self, structures: Sequence[Atoms], cutoff: float, *, name: str = "data") -> None:
+        if not structures:
+            raise DataError(f"{name} holds no structures")
         validate(structures, where=name)
         self.structures = list(structures)
         self.graphs = GraphCache(self.structures, cutoff)
@@ -49,6 +53,16 @@ class LabelledSet:
 
     def __len__(self) -> int:
         return len(self.structures)
+
+    def fingerprint(self) -> str:
+        """Short SHA-256 of the structures and labels (a resumed run checks its data with it)."""
+        digest = hashlib.sha256()
+        for atoms in self.structures:
+            for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc):
+                digest.update(np.ascontiguousarray(array).tobytes())
+        for tensor in (self.energy, *self.forces, self.stress, self.has_stress):
+            digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def batch(self, indices: Sequence[int]) -> tuple[Graph, Targets]:
         idx = torch.as_tensor(list(indices))

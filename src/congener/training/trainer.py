@@ -153,8 +153,9 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     rng = np.random.default_rng(cfg.seed)
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad": 0,
              "seconds": 0.0}
+    identity = run_identity(potential, train, val, lr_scales, metadata)
     if run_dir and (run_dir / "last.pt").exists():
-        state, rng = _resume(run_dir / "last.pt", potential, opt, cfg, ema)
+        state, rng = _resume(run_dir / "last.pt", potential, opt, cfg, ema, identity)
     best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
     if run_dir and (run_dir / "best_state.pt").exists():
         best_state = _load_best_state(run_dir / "best_state.pt")
@@ -186,7 +187,8 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
         state.update(epoch=epoch + 1, seconds=row["seconds"],
                      stopped=bool(cfg.patience and state["bad"] >= cfg.patience))
         if run_dir:
-            _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata, improved, ema)
+            _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata, improved, ema,
+                        identity)
         if callback:
             callback(row)
     return _finish(potential, train, cfg, best_state, state, run_dir, metadata,
@@ -243,28 +245,67 @@ def _load_best_state(path: Path) -> dict:
 
 def _checkpoint(run_dir: Path, potential: Potential, opt: torch.optim.Optimizer,
                 cfg: TrainConfig, state: dict, rng: np.random.Generator,
-                metadata: dict[str, Any] | None, improved: bool, ema: AveragedModel | None
-                ) -> None:
+                metadata: dict[str, Any] | None, improved: bool, ema: AveragedModel | None,
+                identity: dict[str, Any]) -> None:
     if improved:
         note = "best epoch during training; energy references not yet refitted to it"
         save_potential(run_dir / "best.pt", potential if ema is None else ema.module,
                        {**(metadata or {}), "train_config": asdict(cfg),
                         "best_epoch": state["best_epoch"], "note": note})
-    payload = {"state": state, "config": asdict(cfg), "model": potential.state_dict(),
+    payload = {"state": state, "config": asdict(cfg), "identity": identity,
+               "model": potential.state_dict(),
                "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
                "ema": None if ema is None else ema.state_dict()}
     save_atomic(payload, run_dir / "last.pt")
     _write_history(run_dir / "history.csv", state["history"])
 
 
+def run_identity(potential: Potential, train: LabelledSet, val: LabelledSet,
+                 lr_scales: dict[str, float] | None, metadata: dict[str, Any] | None
+                 ) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote its checkpoint, besides the
+    training configuration: the model's architecture and elements, the data, which parameters
+    are frozen or soft-frozen, and the caller's metadata (source model, mapping, scales)."""
+    cfg = getattr(potential.network, "cfg", None)
+    return {"model": asdict(cfg) if cfg is not None else None,
+            "elements": list(potential.elements),
+            "training data": train.fingerprint(), "validation data": val.fingerprint(),
+            "frozen": sorted(n for n, p in potential.named_parameters() if not p.requires_grad),
+            "lr_scales": dict(sorted((lr_scales or {}).items())),
+            "metadata": dict(metadata or {})}
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """Where two nested values differ ('' for the top); floats equal to 1e-9 relative (fitted
+    scales may differ in the last bits between thread counts). None if they agree."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in old or key not in new:
+                return where
+            found = _first_difference(old[key], new[key], where)
+            if found is not None:
+                return found
+        return None
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+        if len(old) != len(new):
+            return path
+        for a, b in zip(old, new, strict=True):
+            found = _first_difference(a, b, path)
+            if found is not None:
+                return found
+        return None
+    if isinstance(old, float | int) and isinstance(new, float | int) \
+            and not isinstance(old, bool) and not isinstance(new, bool):
+        return None if math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12) else path
+    return None if old == new else path
+
+
 def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: TrainConfig,
-            ema: AveragedModel | None) -> tuple[dict, np.random.Generator]:
+            ema: AveragedModel | None, identity: dict[str, Any]
+            ) -> tuple[dict, np.random.Generator]:
     try:
         payload = torch.load(path, weights_only=False)
-        potential.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
-        if ema is not None and payload.get("ema") is not None:
-            ema.load_state_dict(payload["ema"])
     except Exception as exc:
         raise CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
                               "delete the run folder to start over") from exc
@@ -276,6 +317,19 @@ def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: T
     if old != {k: v for k, v in asdict(cfg).items() if k not in ignore}:
         raise CheckpointError(f"{path} was written with another training configuration; "
                               "use a new run folder or the same configuration")
+    # (checkpoints written before the identity was recorded have the configuration check only)
+    differs = _first_difference(payload.get("identity") or identity, identity)
+    if differs is not None:
+        raise CheckpointError(f"{path} belongs to a run with another {differs}; use a new run "
+                              "folder, or the same model, data and options")
+    try:
+        potential.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        if ema is not None and payload.get("ema") is not None:
+            ema.load_state_dict(payload["ema"])
+    except Exception as exc:
+        raise CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
+                              "delete the run folder to start over") from exc
     rng = np.random.default_rng()
     rng.bit_generator.state = payload["rng"]
     return payload["state"], rng
