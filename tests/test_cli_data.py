@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from ase import Atoms
+from ase.io import write
 
 from congener.cli import main
-from congener.data.structures import read_structures
+from congener.data.structures import label, read_structures
 from tests.test_data_mlearn import _entries
 
 TINY_SW = ["--temperatures", "300,900", "--npt-steps", "100", "--nvt-steps", "150",
@@ -74,6 +77,11 @@ def test_mlearn_folder_writes_train_and_test(tmp_path: Path, capsys):
         (["data", "info", "{garbage}"], "cannot read"),
         (["data", "mlearn", "{garbage}", "-o", "x.extxyz"], "as JSON"),
         (["data", "split", "{missing}", "--val", "1", "-o", "p"], "no such file"),
+        (["data", "info", "{nanforce}"], "nanforce.extxyz: structure 1 has a non-finite force "
+                                         "on atom 1"),
+        (["data", "info", "{nanstress}"], "structure 1 has a non-finite stress"),
+        (["data", "info", "{unlabelled}"], "structure 1: Si2 carries no reference energy"),
+        (["data", "info", "{flatcell}"], "structure 1 is periodic"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, capsys, monkeypatch, argv,
@@ -84,6 +92,22 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, capsys, monkeypatch
     (tmp_path / "garbage").write_text("not a structure file\n")
     paths = {"si": str(shipped_params_path("Si")), "missing": str(tmp_path / "nothing.xyz"),
              "garbage": str(tmp_path / "garbage")}
+    # a good structure, then a bad one: the message names the file and the second structure
+    for name in ("nanforce", "nanstress", "unlabelled", "flatcell"):
+        good, bad = (Atoms("Si2", positions=[[0, 0, 0], [1.2, 1.3, 1.1]], cell=3.0 * np.eye(3),
+                           pbc=True) for _ in range(2))
+        forces, stress = np.ones((2, 3)), np.zeros(6)
+        label(good, energy=-9.0, forces=forces, stress=stress)
+        if name == "nanforce":
+            forces = np.where(np.eye(2, 3, k=-1) > 0, np.nan, forces)
+        if name == "nanstress":
+            stress = np.full(6, np.nan)
+        if name == "flatcell":
+            bad.cell[2] = 0.0
+        if name != "unlabelled":
+            label(bad, energy=-9.0, forces=forces, stress=stress)
+        write(tmp_path / f"{name}.extxyz", [good, bad], format="extxyz")
+        paths[name] = str(tmp_path / f"{name}.extxyz")
     code, _, err = _run(capsys, *[a.format(**paths) for a in argv])
     assert code == 2
     assert err.startswith("error: ") and message in err

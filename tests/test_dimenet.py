@@ -36,6 +36,21 @@ def test_forces_fd_multiple_images():
     assert_forces_match_fd(pot, atoms)
 
 
+def test_slab_has_no_images_along_its_open_axis(potential):
+    # (T, T, F) with the bulk cell's short z = the same atoms (T, T, T) with 10 Å of vacuum
+    slab = rattled_diamond(seed=4)
+    slab.pbc = (True, True, False)
+    padded = slab.copy()
+    padded.cell[2, 2] += 10.0
+    padded.pbc = True
+    bulk = rattled_diamond(seed=4)
+    e_slab, e_padded = predict(potential, slab), predict(potential, padded)
+    np.testing.assert_allclose(float(e_slab.energy), float(e_padded.energy), rtol=1e-12)
+    np.testing.assert_allclose(e_slab.forces.numpy(), e_padded.forces.numpy(), atol=1e-10)
+    assert abs(float(predict(potential, bulk).energy) - float(e_slab.energy)) > 1e-3
+    assert_forces_match_fd(potential, slab, rtol=1e-6)
+
+
 def test_stress_is_strain_derivative(potential):
     assert_stress_match_fd(potential, rattled_diamond(seed=2))
 

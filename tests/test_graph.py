@@ -8,6 +8,7 @@ import ase.build
 import numpy as np
 import pytest
 
+from congener.errors import DataError
 from congener.graph import build_graph, neighbour_list, triplets
 from tests.conftest import rattled_diamond
 
@@ -18,6 +19,7 @@ def brute_edges(atoms, cutoff):
     reach = [int(np.ceil(cutoff / (atoms.get_volume() / np.linalg.norm(
         np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))))) + 1 for k in range(3)]
     out = set()
+    reach = [r if periodic else 0 for r, periodic in zip(reach, atoms.pbc, strict=True)]
     for s in itertools.product(*[range(-r, r + 1) for r in reach]):
         shift = np.array(s) @ cell
         for i, j in itertools.product(range(len(atoms)), repeat=2):
@@ -38,6 +40,27 @@ def test_edges_match_brute_force_small_cell(cutoff):
     assert got == brute_edges(atoms, cutoff)
     if cutoff > 4:
         assert any(i == j for i, j, *_ in got), "self-images must appear for a short cell"
+
+
+@pytest.mark.parametrize("pbc", [(True, True, False), (False, True, False)])
+def test_edges_of_slabs_and_wires_match_brute_force(pbc):
+    # a short cell, periodic along some axes only: images there and none along the others
+    atoms = ase.build.bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=4)
+    atoms.pbc = pbc
+    ei, s = neighbour_list(atoms, 5.0)
+    got = {(int(i), int(j), *map(int, sh)) for i, j, sh in zip(ei[0], ei[1], s, strict=True)}
+    assert got == brute_edges(atoms, 5.0)
+    shifts = np.array([e[2:] for e in got])
+    assert not shifts[:, ~np.array(pbc)].any() and shifts[:, np.array(pbc)].any()
+
+
+def test_periodic_structure_without_volume_is_refused():
+    atoms = ase.build.bulk("Si", "diamond", a=5.43)
+    atoms.cell[2] = 0.0
+    atoms.pbc = (True, True, False)
+    with pytest.raises(DataError, match="zero volume"):
+        neighbour_list(atoms, 4.0)
 
 
 def brute_triplets(edge_index, shifts):

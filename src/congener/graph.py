@@ -107,12 +107,13 @@ class _Single:
 
 def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """Full periodic neighbour list: edge_index [2,E] (centre, neighbour), shifts [E,3]."""
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    if pbc.any() and not pbc.all():
-        raise DataError("mixed periodic boundaries are not supported; use pbc all True or False")
-    periodic = bool(pbc.all())
+    periodic = np.asarray(atoms.pbc, dtype=bool)  # per axis: slabs (T, T, F) and wires work
+    if periodic.any() and atoms.cell.rank < 3:
+        raise DataError(f"{atoms.get_chemical_formula()} is periodic (pbc="
+                        f"{periodic.tolist()}) but its cell has zero volume; give every axis "
+                        "a length (vacuum along the non-periodic ones)")
     points = np.ascontiguousarray(atoms.positions, dtype=np.float64)
-    box = np.asarray(atoms.cell.array if periodic else np.zeros((3, 3)), dtype=np.float64)
+    box = np.asarray(atoms.cell.array if periodic.any() else np.zeros((3, 3)), dtype=np.float64)
     nl = NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, s = nl.compute(points=points, box=box, periodic=periodic, quantities="ijS")
     order = np.lexsort((j, i))  # sorted by centre: triplet building relies on it
@@ -145,7 +146,7 @@ def _single(atoms: Atoms, cutoff: float, with_triplets: bool) -> _Single:
         kj, ji = triplets(edge_index, shifts, len(atoms))
     else:
         kj = ji = np.zeros(0, dtype=np.int64)
-    cell = atoms.cell.array if atoms.pbc.all() else np.zeros((3, 3))
+    cell = atoms.cell.array if atoms.pbc.any() else np.zeros((3, 3))
     return _Single(np.asarray(atoms.positions, dtype=np.float64),
                    np.asarray(atoms.numbers, dtype=np.int64), np.asarray(cell, dtype=np.float64),
                    edge_index, shifts, kj, ji)

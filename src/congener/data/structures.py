@@ -84,24 +84,32 @@ def stress_of(atoms: Atoms) -> np.ndarray | None:
 def _result(atoms: Atoms, key: str) -> object:
     calc = atoms.calc
     if calc is None or key not in getattr(calc, "results", {}):
-        raise DataError(f"structure {atoms.get_chemical_formula()} carries no reference {key}")
+        raise DataError(f"{atoms.get_chemical_formula()} carries no reference {key}")
     return calc.results[key]
 
 
 def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
-    """Raise `DataError` naming the first structure with missing or non-finite labels."""
+    """Raise `DataError` naming the first structure (by index in `where`) with missing or
+    non-finite labels or positions, or a cell that cannot hold its periodic axes."""
     for k, atoms in enumerate(structures):
-        e = energy_of(atoms)
-        f = forces_of(atoms)
+        name = f"{where}: structure {k}"
+        try:
+            e, f, s = energy_of(atoms), forces_of(atoms), stress_of(atoms)
+        except DataError as exc:
+            raise DataError(f"{name}: {exc}") from None
         if not np.isfinite(e):
-            raise DataError(f"{where}: structure {k} has a non-finite energy ({e})")
+            raise DataError(f"{name} has a non-finite energy ({e})")
         if not np.all(np.isfinite(f)):
             bad = int(np.argwhere(~np.isfinite(f))[0, 0])
-            raise DataError(f"{where}: structure {k} has a non-finite force on atom {bad}")
+            raise DataError(f"{name} has a non-finite force on atom {bad}")
+        if s is not None and not np.all(np.isfinite(s)):
+            raise DataError(f"{name} has a non-finite stress")
         if not np.all(np.isfinite(atoms.positions)):
-            raise DataError(f"{where}: structure {k} has non-finite positions")
-        if atoms.cell.rank == 3 and abs(atoms.cell.volume) < 1e-6:
-            raise DataError(f"{where}: structure {k} has a degenerate cell")
+            raise DataError(f"{name} has non-finite positions")
+        if atoms.pbc.any() and (atoms.cell.rank < 3 or abs(atoms.cell.volume) < 1e-6):
+            raise DataError(f"{name} is periodic (pbc={atoms.pbc.tolist()}) but its cell "
+                            "has zero volume; give every axis a length (vacuum along the "
+                            "non-periodic ones)")
 
 
 def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
