@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,12 @@ def test_study_runs_resumes_and_reports(files, tmp_path):
     # the validation sections come back from their caches
     again = path.read_text()
     assert "Phonon density of states" in again and "Molecular dynamics" in again
+    # ... under the study's own settings only
+    with pytest.raises(ConfigError, match=r"other settings \(budget\)"):
+        report_only(replace(cfg, budget=replace(cfg.budget, updates=3)), tmp_path / "study")
+    # a cache cut short by an interrupt is redone on the rerun, not a traceback
+    md_cache = tmp_path / "study" / "validation" / "md" / "transfer-n1-s0.json"
+    md_cache.write_text(md_cache.read_text()[:100])
     # rerun: nothing is retrained, results identical
     stamp = (tmp_path / "study" / "runs" / "scratch-n2-s0" / "metrics.json").stat().st_mtime
     phases, done = [], []
@@ -118,6 +125,7 @@ def test_study_runs_resumes_and_reports(files, tmp_path):
     metrics = json.loads((tmp_path / "study" / "runs" / "transfer-n2-s0" / "metrics.json")
                          .read_text())
     assert np.isfinite(metrics["test"]["force_mae"])
+    assert json.loads(md_cache.read_text())["summary"]["total"] == 2
 
 
 def test_config_errors_are_one_line(tmp_path):

@@ -215,10 +215,11 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
 
 def _record_failure(study_dir: Path, spec: RunSpec, error: BaseException) -> None:
     run_dir = study_dir / "runs" / spec.name
+    from congener.studies.run import write_json
+
     run_dir.mkdir(parents=True, exist_ok=True)
     kind = "" if isinstance(error, CongenerError) else f"{type(error).__name__}: "
-    (run_dir / "failed.json").write_text(json.dumps(
-        {"run": spec.name, "error": f"{kind}{error}"}, indent=2))
+    write_json(run_dir / "failed.json", {"run": spec.name, "error": f"{kind}{error}"})
 
 
 def failures(study_dir: Path, specs: Sequence[RunSpec]) -> dict[str, str]:
@@ -256,6 +257,7 @@ def report_only(cfg: StudyConfig, study_dir: str | Path) -> tuple[Path, int]:
     study_dir = Path(study_dir)
     if not (study_dir / "data" / "target_pool.extxyz").is_file():
         raise DataError(f"{study_dir} holds no study data yet")
+    check_settings(cfg, study_dir)  # a report under the study's own settings, not the defaults
     specs = plan_runs(cfg, read_structures(study_dir / "data" / "target_pool.extxyz"))
     results = finished(study_dir, specs)
     source = study_dir / "source" / "metrics.json"

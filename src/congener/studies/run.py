@@ -62,7 +62,7 @@ def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, 
     final = metrics(evaluate(potential, vset))  # after the energy-reference refit
     res = {"val": {"val_energy_mae": final["energy_mae"], "val_force_mae": final["force_mae"]},
            "seconds": result.seconds, "epochs": len(result.history), "n_train": len(train)}
-    _write_json(done, res)
+    write_json(done, res)
     return res
 
 
@@ -129,12 +129,13 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
            "temperatures": np.nan_to_num(ev.temperatures, nan=-1).tolist()}
     if "scales" in start:
         res["scales"] = start["scales"]
-    _write_json(run_dir / "metrics.json", res)
+    write_json(run_dir / "metrics.json", res)
     return res
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: metrics.json marks a finished run, so it is never left half-written."""
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically (a temporary file, then a rename): the files that mark finished work
+    (metrics.json, cached validation results) are never left half-written by an interrupt."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)

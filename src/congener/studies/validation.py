@@ -27,9 +27,10 @@ from congener.analysis.stability import (
 from congener.analysis.structure import LIQUID_GE_1273K, StructureStats, structure_stats
 from congener.calculator import CongenerCalculator
 from congener.data.structures import read_structures
-from congener.errors import ConfigError, CongenerError
+from congener.errors import ConfigError, CongenerError, DataError, SimulationUnstable
 from congener.models.checkpoint import load_potential
 from congener.studies.config import PhononStage, RunSpec, StudyConfig
+from congener.studies.run import write_json
 
 Log = Callable[[str], None]
 
@@ -59,25 +60,34 @@ def _reference_calc(stage: PhononStage, cfg: StudyConfig, study_dir: Path,
                                                                           device="cpu")
 
 
+def _cached(path: Path) -> dict[str, Any] | None:
+    """A stored result, or None if there is none or it cannot be read (then it is redone)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _dos_cached(path: Path, compute: Callable[[], PhononDOS], cached_only: bool = False
                 ) -> PhononDOS | None:
-    """The DOS from `path`, else computed and stored (None with `cached_only`); a failure is
-    stored (and raised) too."""
-    if cached_only and not path.is_file():
+    """The DOS from `path`, else computed and stored (None with `cached_only`). A failure of
+    the model's physics (no minimum near the lattice, non-finite forces) is stored and raised
+    again on a rerun; others (LAMMPS missing, an unreadable checkpoint) are only raised."""
+    d = _cached(path)
+    if d is None and cached_only:
         return None
-    if path.is_file():
-        d = json.loads(path.read_text())
+    if d is not None:
         if "error" in d:
             raise CongenerError(d["error"])
         return PhononDOS(**{k: np.asarray(v) if isinstance(v, list) else v
                             for k, v in d.items()})
     try:
         dos = compute()
-    except CongenerError as exc:
-        path.write_text(json.dumps({"error": str(exc)}))
+    except (DataError, SimulationUnstable) as exc:
+        write_json(path, {"error": str(exc)})
         raise
-    path.write_text(json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v
-                                for k, v in asdict(dos).items()}))
+    write_json(path, {k: v.tolist() if isinstance(v, np.ndarray) else v
+                      for k, v in asdict(dos).items()})
     return dos
 
 
@@ -151,9 +161,10 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
     records, frames_by_key = [], {}
     for k, spec in enumerate(chosen):
         path = out / f"{spec.name}.json"
-        if cached_only and not path.is_file():
+        saved = _cached(path)
+        if cached_only and saved is None:
             continue
-        if not path.is_file():
+        if saved is None:
             if log:
                 log(f"MD {k + 1}/{len(chosen)}: {spec.name}, {stage.trajectories} trajectories, "
                     f"{stage.steps} steps")
@@ -165,10 +176,10 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
             frames = [[f.positions.tolist() for f in t.frames(stage.steps // 2)]
                       for t in res.trajectories if t.stable]
             summary = stability_summary(res)
-            path.write_text(json.dumps({"summary": summary, "frames": frames,
-                                        "records": [asdict(r) for r in stability_records(
-                                            res, mode=str(spec.mode), size=spec.size)]}))
-        saved = json.loads(path.read_text())
+            saved = {"summary": summary, "frames": frames,
+                     "records": [asdict(r) for r in stability_records(
+                         res, mode=str(spec.mode), size=spec.size)]}
+            write_json(path, saved)
         records += [_record(r) for r in saved["records"]]
         key = f"{spec.mode}, {spec.size}"
         frames_by_key.setdefault(key, []).extend(
