@@ -55,3 +55,16 @@ def test_md_missing_structure(tmp_path):
     res = CliRunner().invoke(cli, ["analyze", "md", "m.pt", "--structure", "nope.xyz",
                                    "--temperature", "300", "--steps", "1", "-o", str(tmp_path)])
     assert isinstance(res.exception, DataError)
+
+
+@pytest.mark.parametrize(("content", "message"), [("not a structure\n", "cannot read"),
+                                                  (None, "has no structure at index 3")])
+def test_md_unreadable_structure_is_a_data_error(tmp_path, content, message):
+    path = tmp_path / "s.extxyz"
+    if content is None:
+        ase.io.write(path, ase.build.bulk("Si", "diamond", a=5.43), format="extxyz")
+    else:
+        path.write_text(content)
+    res = CliRunner().invoke(cli, ["analyze", "md", "m.pt", "--structure", f"{path}@3",
+                                   "--temperature", "300", "--steps", "1", "-o", str(tmp_path)])
+    assert isinstance(res.exception, DataError) and message in str(res.exception)

@@ -202,6 +202,11 @@ def test_search_over_learning_rate_and_decay(files):
     scores = {(r.lr, r.decay): (1.0 if (r.lr, r.decay) != (3e-3, 0.01) else 0.5) for r in runs}
     choices = best_settings([(r, {"val": {"val_loss": scores[(r.lr, r.decay)]}}) for r in runs])
     assert choices[Mode.scratch] == (3e-3, 0.01)
+    # runs that never validated a finite loss lose, and do not stop the study
+    never = {(1e-3, 0.1): {"val": {}}, (1e-3, 0.01): {"val": {"val_loss": float("nan")}}}
+    choices_nan = best_settings([(r, never.get((r.lr, r.decay), {"val": {"val_loss": 2.0}}))
+                                 for r in runs])
+    assert choices_nan[Mode.scratch] == (3e-3, 0.1)
     curve = [r for r in plan_runs(cfg, pool, choices) if r.kind == "curve"]
     tcfg = run_config(cfg, curve[0].size, 0, curve[0].lr, 1, curve[0].decay)
     assert tcfg.lr == 3e-3 and tcfg.lr_final == pytest.approx(3e-5)

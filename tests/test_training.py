@@ -165,6 +165,20 @@ def test_resume_ignores_threads_and_keeps_early_stop(sw_sets, tmp_path):
     assert again.stopped_early and len(again.history) == len(first.history)
 
 
+def test_patience_counts_epochs_not_validations(sw_sets):
+    train, val = sw_sets
+    pot = small_potential(cutoff=4.0)
+    names = [n for n, _ in pot.named_parameters()]
+    for name, p in pot.named_parameters():
+        p.requires_grad_(name == names[0])
+    # one trainable tensor at learning rate 0: the first validation (epoch 1) stays the best
+    cfg = TrainConfig(epochs=20, batch_size=4, seed=6, val_every=2, patience=3)
+    result = fit(pot, LabelledSet(train, 4.0), LabelledSet(val, 4.0), cfg,
+                 lr_scales={names[0]: 0.0})
+    assert result.best_epoch == 1 and result.stopped_early
+    assert len(result.history) == 6  # validated at epochs 1, 3, 5; 5 - 1 >= 3
+
+
 def test_resume_refuses_another_model_data_or_freezing(sw_sets, tmp_path):
     train, val = sw_sets
     cfg = TrainConfig(epochs=1, batch_size=4, seed=5)

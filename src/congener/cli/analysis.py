@@ -102,6 +102,8 @@ def _read_structure(text: str) -> Any:
         return ase.io.read(path, index=int(index))
     except (IndexError, StopIteration) as exc:
         raise DataError(f"{path} has no structure at index {index}") from exc
+    except Exception as exc:  # ASE raises many types for malformed files
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
 
 
 @analyze.command("md", short_help="Batched NVT MD: stability, RDF and ADF.")

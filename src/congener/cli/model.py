@@ -37,7 +37,8 @@ def _train_options(fn):
         click.option("--warmup-steps", type=int, default=None,
                      help="Ramp the learning rate up over the first N updates (for a second "
                           "stage or a fine-tuning) [default: 0 = off]."),
-        click.option("--patience", type=int, default=None, help="Early stopping (epochs)."),
+        click.option("--patience", type=int, default=None,
+                     help="Stop this many epochs after the best validation [default: never]."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None),

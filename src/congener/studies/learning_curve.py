@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
@@ -162,10 +163,12 @@ def plan_hpo(cfg: StudyConfig, pool: Sequence) -> list[RunSpec]:
 
 
 def best_settings(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> Choices:
-    """Per mode, the (lr, decay) with the lowest validation loss among the search runs."""
+    """Per mode, the (lr, decay) with the lowest validation loss among the search runs (a run
+    that never validated a finite loss counts as infinitely bad, not as an error)."""
     best: dict[Mode, tuple[float, float, float | None]] = {}
     for spec, res in results:
-        score = res["val"]["val_loss"]
+        score = (res.get("val") or {}).get("val_loss", math.inf)
+        score = score if isinstance(score, int | float) and math.isfinite(score) else math.inf
         if spec.mode not in best or score < best[spec.mode][0]:
             best[spec.mode] = (score, float(spec.lr), spec.decay)
     return {m: (lr, decay) for m, (_, lr, decay) in best.items()}

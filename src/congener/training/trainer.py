@@ -151,8 +151,7 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     # the weights that are validated and kept: the moving average when there is one
     kept = potential if ema is None else ema.module
     rng = np.random.default_rng(cfg.seed)
-    state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad": 0,
-             "seconds": 0.0}
+    state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "seconds": 0.0}
     identity = run_identity(potential, train, val, lr_scales, metadata)
     if run_dir and (run_dir / "last.pt").exists():
         state, rng = _resume(run_dir / "last.pt", potential, opt, cfg, ema, identity)
@@ -178,14 +177,13 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
         state["history"].append(row)
         improved = checked and row["val_loss"] < state["best_val"]
         if improved:
-            state.update(best_val=row["val_loss"], best_epoch=epoch, bad=0)
+            state.update(best_val=row["val_loss"], best_epoch=epoch)
             best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
             if run_dir:
                 save_atomic(best_state, run_dir / "best_state.pt")
-        elif checked:
-            state["bad"] += 1
-        state.update(epoch=epoch + 1, seconds=row["seconds"],
-                     stopped=bool(cfg.patience and state["bad"] >= cfg.patience))
+        # early stopping counts epochs since the best one (validated every val_every epochs)
+        stale = checked and epoch - state["best_epoch"] >= cfg.patience
+        state.update(epoch=epoch + 1, seconds=row["seconds"], stopped=bool(cfg.patience and stale))
         if run_dir:
             _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata, improved, ema,
                         identity)
@@ -225,7 +223,8 @@ def _stop_unstable(exc: SimulationUnstable, potential: Potential, train: Labelle
     """A non-finite loss: keep the best weights so far (in memory and as model.pt), then raise."""
     if state["best_epoch"] < 0:
         potential.load_state_dict(best_state)
-        where = f"; {run_dir / 'last.pt'} holds the state before the failure" if run_dir else ""
+        where = (f"; {run_dir / 'last.pt'} holds the state before the failure"
+                 if run_dir and (run_dir / "last.pt").is_file() else "")
         raise SimulationUnstable(f"{exc}, before any validated epoch; the starting weights are "
                                  f"restored{where}") from exc
     _finish(potential, train, cfg, best_state, state, run_dir, metadata, state["seconds"],
