@@ -29,7 +29,10 @@ def envelope(x: Tensor, exponent: int = 5) -> Tensor:
 
 
 class BesselBasis(nn.Module):
-    """Radial basis sqrt(2/c) sin(n pi d / c) / d with the envelope; frequencies learnable."""
+    """Radial basis u(x) sin(f_n x) with x = d / c, f_n = n pi (learnable) and u the envelope
+    (which holds the 1/x), as in DimeNet's published code: the sqrt(2/c) of the paper's
+    formula is left to the linear layer that follows. A function of d / c only, which
+    `training.scaling` relies on."""
 
     def __init__(self, num_radial: int, cutoff: float, envelope_exponent: int = 5) -> None:
         super().__init__()

@@ -7,7 +7,7 @@ once here: forces = -dE/dx, stress = (1/V) dE/d(strain) (ASE sign: positive = te
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +54,13 @@ class Potential(nn.Module):
     @property
     def cutoff(self) -> float:
         return float(self.network.cutoff)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Potential:
+        """`.to()`, `.float()`, ...: the network follows; the energy references stay float64."""
+        refs = self.energy_refs
+        super()._apply(fn, recurse)
+        self.energy_refs = refs.to(device=self.energy_refs.device, dtype=torch.float64)
+        return self
 
     def check_species(self, species: Tensor) -> None:
         """Raise `DataError` if `species` holds an element the model was not trained on."""

@@ -1,0 +1,70 @@
+"""The bases' closed-form derivatives (`_RadialDerivative`, `_AngularDerivative`) against
+finite differences and against the plain formulas, to second order (force training needs it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import special
+
+from congener.models.basis import SphericalBasis, legendre, spherical_jn
+from congener.models.dimenet import _AngularDerivative, _AngularState
+from tests.conftest import small_potential
+
+
+@pytest.mark.parametrize("order", [0, 1, 3, 6])
+def test_spherical_jn_matches_scipy_including_small_arguments(order):
+    x = torch.tensor([1e-4, 0.05, 0.3, 0.49, 0.51, 1.0, 2.9, 3.1, 7.0, 15.0],
+                     dtype=torch.float64)
+    np.testing.assert_allclose(spherical_jn(order, x).numpy(),
+                               special.spherical_jn(order, x.numpy()), rtol=1e-9, atol=1e-15)
+
+
+def test_radial_basis_values_and_derivatives():
+    sbf = SphericalBasis(5, 4, cutoff=4.3, envelope_exponent=5).double()
+    dist = torch.linspace(0.8, 4.25, 23, dtype=torch.float64)
+    np.testing.assert_allclose(sbf.radial(dist).numpy(), sbf.radial_reference(dist).numpy(),
+                               rtol=1e-10, atol=1e-12)
+    d = dist.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(sbf.radial, (d,))
+    assert torch.autograd.gradgradcheck(sbf.radial, (d,))
+    # the closed forms equal autograd through the plain formula, first and second derivative
+    weights = torch.randn(23, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    def first(f):
+        x = dist.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((f(x) * weights).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g * g).sum(), x)
+        return g.detach(), h
+    for got, want in zip(first(sbf.radial), first(sbf.radial_reference), strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-10)
+
+
+def _angular(sbf: SphericalBasis):
+    def f(cos: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones_like(cos)
+        return _AngularDerivative.apply(cos, 0, _AngularState(cos, mask, sbf.ynorm))
+    return f
+
+
+def test_angular_basis_values_and_derivatives():
+    sbf = SphericalBasis(7, 3, cutoff=5.0).double()
+    gen = torch.Generator().manual_seed(1)
+    cos = (2 * torch.rand(2, 3, 4, dtype=torch.float64, generator=gen) - 1) * 0.99
+    out = _angular(sbf)(cos)  # [n, D_in, L, D_out]
+    np.testing.assert_allclose(out.permute(0, 1, 3, 2).numpy(), sbf.angular(cos).numpy(),
+                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(legendre(7, cos)[..., 3].numpy(),
+                               special.eval_legendre(3, cos.numpy()), rtol=1e-12, atol=1e-14)
+    c = cos.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(_angular(sbf), (c,))
+    assert torch.autograd.gradgradcheck(_angular(sbf), (c,))
+
+
+def test_energy_references_stay_float64():
+    pot = small_potential()
+    pot.set_energy_refs({"Si": -5.4234567891234})
+    pot.to(torch.float32)
+    assert next(pot.parameters()).dtype == torch.float32
+    assert pot.energy_refs.dtype == torch.float64
+    assert pot.get_energy_refs()["Si"] == -5.4234567891234
