@@ -68,3 +68,12 @@ def test_energy_references_stay_float64():
     assert next(pot.parameters()).dtype == torch.float32
     assert pot.energy_refs.dtype == torch.float64
     assert pot.get_energy_refs()["Si"] == -5.4234567891234
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_energy_references_follow_the_device_in_float64():
+    pot = small_potential()
+    pot.set_energy_refs({"Si": -5.4234567891234})
+    pot.to(device="cuda", dtype=torch.float32)
+    assert pot.energy_refs.device.type == "cuda" and pot.energy_refs.dtype == torch.float64
+    assert pot.get_energy_refs()["Si"] == -5.4234567891234

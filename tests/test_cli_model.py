@@ -31,7 +31,7 @@ def invoke(capsys):
     return run
 
 
-def test_train_transfer_evaluate(tmp_path, invoke):
+def test_train_transfer_evaluate(tmp_path, invoke, monkeypatch):
     write_structures(tmp_path / "si.extxyz", sw_labelled(5, seed=30))
     write_structures(tmp_path / "ge.extxyz", sw_labelled(5, seed=40, element="Ge", a=5.65))
     (tmp_path / "small.yaml").write_text(SMALL)
@@ -66,6 +66,22 @@ def test_train_transfer_evaluate(tmp_path, invoke):
     assert res.exit_code == 0, res.output
     assert "frozen:" in res.output
     assert load_potential(tmp_path / "ge" / "model.pt").elements == ["Ge"]
+    # corresponding-states start; rerunning a run folder resumes with the scales first fitted
+    for scale in ("auto", "0.93,0.8"):
+        res = invoke("transfer", tmp_path / "a" / "model.pt", "--map", "Si=Ge", *ge,
+                     "--scale", scale, "-o", tmp_path / f"ge-{scale}")
+        assert res.exit_code == 0 and "corresponding states" in res.output, res.output
+    first = json.loads((tmp_path / "ge-auto" / "scales.json").read_text())
+    import congener.training.scaling as scaling
+
+    def refit(*args, **kwargs):
+        raise AssertionError("a resumed run must not refit its scales")
+    monkeypatch.setattr(scaling, "fit_scales", refit)
+    for scale in ("auto", "0.93,0.8"):  # (the fixed scales carry NaN zero-shot errors)
+        res = invoke("transfer", tmp_path / "a" / "model.pt", "--map", "Si=Ge", *ge,
+                     "--scale", scale, "-o", tmp_path / f"ge-{scale}")
+        assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ge-auto" / "scales.json").read_text()) == first
     res = invoke("evaluate", tmp_path / "ge" / "model.pt", tmp_path / "ge.extxyz", "--by", "none",
                  "--json", tmp_path / "m.json")
     assert res.exit_code == 0, res.output

@@ -55,11 +55,34 @@ def test_edges_of_slabs_and_wires_match_brute_force(pbc):
     assert not shifts[:, ~np.array(pbc)].any() and shifts[:, np.array(pbc)].any()
 
 
-def test_periodic_structure_without_volume_is_refused():
+def edge_set(atoms, cutoff):
+    ei, s = neighbour_list(atoms, cutoff)
+    return {(int(i), int(j), *map(int, sh)) for i, j, sh in zip(ei[0], ei[1], s, strict=True)}
+
+
+def test_slabs_beyond_their_cell_and_without_vacuum():
+    # atoms far outside the cell along the open axis; then the same slab as ASE builds it
+    # without vacuum (a zero cell vector there): the neighbours stay those of the padded slab
+    slab = ase.build.diamond100("Si", size=(2, 2, 4), vacuum=8.0)
+    slab.rattle(0.05, seed=5)
+    slab.pbc = (True, True, False)
+    moved = slab.copy()
+    moved.positions[:, 2] -= 25.0
+    assert edge_set(moved, 4.0) == edge_set(slab, 4.0) == brute_edges(slab, 4.0)
+    flat = slab.copy()
+    flat.cell[2] = 0.0
+    assert edge_set(flat, 4.0) == edge_set(slab, 4.0)
+    wire = slab.copy()
+    wire.pbc, wire.cell[1], wire.cell[2] = (True, False, False), 0.0, 0.0
+    padded = slab.copy()
+    padded.pbc, padded.cell[1] = (True, False, False), [0.0, 40.0, 0.0]
+    assert edge_set(wire, 4.0) == edge_set(padded, 4.0)
+
+
+def test_periodic_axis_without_a_cell_vector_is_refused():
     atoms = ase.build.bulk("Si", "diamond", a=5.43)
     atoms.cell[2] = 0.0
-    atoms.pbc = (True, True, False)
-    with pytest.raises(DataError, match="zero volume"):
+    with pytest.raises(DataError, match="independent cell"):
         neighbour_list(atoms, 4.0)
 
 

@@ -246,7 +246,7 @@ def test_source_model_must_share_the_study_architecture(files, tmp_path):
     assert not (tmp_path / "study").exists()  # refused before any setting is stored
 
 
-def test_scaled_mode_fits_scales_per_run_and_reports_them(files, tmp_path):
+def test_scaled_mode_fits_scales_per_run_and_reports_them(files, tmp_path, monkeypatch):
     cfg = tiny(files, sizes=[2], seeds=[0], modes=["scratch", "scaled"], temperature=None,
                workers=1)
     report = run_study(cfg, tmp_path / "study").read_text()
@@ -258,3 +258,12 @@ def test_scaled_mode_fits_scales_per_run_and_reports_them(files, tmp_path):
     assert model["cutoff"] == pytest.approx(4.0 / scales["length"])
     assert "Corresponding-states scales" in report and "| scaled-n2-s0 |" in report
     assert "Reduction of the error by scaled against scratch" in report
+    # an interrupted run resumes from the scales it started with, not from a refit
+    import congener.studies.run as run_module
+
+    (run / "metrics.json").unlink()
+    def refit(*args, **kwargs):
+        raise AssertionError("a resumed run must not refit its scales")
+    monkeypatch.setattr(run_module, "fit_scales", refit)
+    run_study(cfg, tmp_path / "study")
+    assert json.loads((run / "metrics.json").read_text())["scales"] == scales

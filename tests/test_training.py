@@ -193,17 +193,20 @@ def test_resume_refuses_another_model_data_or_freezing(sw_sets, tmp_path):
     for a, b in zip(moved, train, strict=True):
         a.calc = b.calc
     moved[3].positions[0, 0] += 1e-3
-    changed = {  # what the rerun changes -> where the refusal says it differs
-        "model.cutoff": (small_potential(cutoff=3.5), tset, vset, meta),
-        "training data": (small_potential(cutoff=4.0), LabelledSet(moved, 4.0), vset, meta),
-        "validation data": (small_potential(cutoff=4.0), tset, LabelledSet(val[:3], 4.0), meta),
-        "frozen": (frozen, tset, vset, meta),
-        "metadata.source_model": (small_potential(cutoff=4.0), tset, vset,
-                                  {"source_model": "other.pt"}),
+    changed = {  # what the rerun changes -> what the refusal says differs
+        r"model settings \(cutoff\)": (small_potential(cutoff=3.5), tset, vset, None),
+        "training data": (small_potential(cutoff=4.0), LabelledSet(moved, 4.0), vset, None),
+        "validation data": (small_potential(cutoff=4.0), tset, LabelledSet(val[:3], 4.0), None),
+        "frozen parameters": (frozen, tset, vset, None),
+        "soft-frozen parameters": (small_potential(cutoff=4.0), tset, vset,
+                                   {"network.embedding.emb.weight": 0.1}),
     }
-    for where, (pot, t, v, m) in changed.items():
-        with pytest.raises(CheckpointError, match=f"another {where};"):
-            fit(pot, t, v, cfg, run_dir=tmp_path / "r", metadata=m)
+    for what, (pot, t, v, scales) in changed.items():
+        with pytest.raises(CheckpointError, match=f"other {what};"):
+            fit(pot, t, v, cfg, run_dir=tmp_path / "r", lr_scales=scales, metadata=meta)
+    # where the starting weights came from is no part of it (the checkpoint's are used)
+    fit(small_potential(cutoff=4.0, seed=1), tset, vset, cfg, run_dir=tmp_path / "r",
+        metadata={"source_model": "./si.pt"})
 
 
 def test_empty_sets_are_refused_by_name():

@@ -37,7 +37,10 @@ class CongenerCalculator(Calculator):
     def calculate(self, atoms: Atoms | None = None, properties: list[str] | None = None,
                   system_changes: list[str] = all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
-        want_stress = "stress" in (properties or []) and bool(self.atoms.pbc.all())
+        # stress needs a cell with a volume; for slabs it is over the whole cell, vacuum
+        # included, as DFT codes give it (and as training and `evaluate` use it)
+        want_stress = ("stress" in (properties or []) and bool(self.atoms.pbc.any())
+                       and self.atoms.cell.rank == 3)
         graph = build_graph(self.atoms, self.potential.cutoff).to(self.device, self.dtype)
         with torch.inference_mode(False):
             out = self.potential(graph, stress=want_stress)

@@ -108,17 +108,35 @@ class _Single:
 def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """Full periodic neighbour list: edge_index [2,E] (centre, neighbour), shifts [E,3]."""
     periodic = np.asarray(atoms.pbc, dtype=bool)  # per axis: slabs (T, T, F) and wires work
-    if periodic.any() and atoms.cell.rank < 3:
-        raise DataError(f"{atoms.get_chemical_formula()} is periodic (pbc="
-                        f"{periodic.tolist()}) but its cell has zero volume; give every axis "
-                        "a length (vacuum along the non-periodic ones)")
     points = np.ascontiguousarray(atoms.positions, dtype=np.float64)
-    box = np.asarray(atoms.cell.array if periodic.any() else np.zeros((3, 3)), dtype=np.float64)
+    box = _box(atoms.cell.array, periodic, points, cutoff) if periodic.any() else np.zeros((3, 3))
     nl = NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, s = nl.compute(points=points, box=box, periodic=periodic, quantities="ijS")
     order = np.lexsort((j, i))  # sorted by centre: triplet building relies on it
     edge_index = np.stack([i[order], j[order]]).astype(np.int64)
     return edge_index, np.asarray(s[order], dtype=np.float64)
+
+
+def _box(cell: np.ndarray, periodic: np.ndarray, points: np.ndarray, cutoff: float
+         ) -> np.ndarray:
+    """The cell as vesin needs it (full rank). ASE builds slabs and wires without vacuum with
+    zero rows on their open axes; those rows become vectors normal to the others, longer than
+    the structure's extent plus the cutoff. There are no images along open axes, so the
+    neighbours do not change."""
+    box = np.array(cell, dtype=np.float64)
+    if np.linalg.matrix_rank(box[periodic]) < periodic.sum():
+        raise DataError(f"the periodic axes (pbc={periodic.tolist()}) need independent cell "
+                        "vectors; this cell has a zero or repeated one")
+    zero = ~periodic & (np.linalg.norm(box, axis=1) < 1e-9)
+    if not zero.any():
+        return box
+    kept = box[~zero]
+    # the directions orthogonal to the kept rows, from the SVD's right singular vectors
+    normals = np.linalg.svd(kept, full_matrices=True)[2][len(kept):] if len(kept) else np.eye(3)
+    for k, normal in zip(np.flatnonzero(zero), normals, strict=True):
+        extent = float(np.ptp(points @ normal)) if len(points) else 0.0
+        box[k] = normal * (extent + cutoff + 1.0)
+    return box
 
 
 def triplets(edge_index: np.ndarray, shifts: np.ndarray, n_atoms: int

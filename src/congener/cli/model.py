@@ -38,7 +38,8 @@ def _train_options(fn):
                      help="Ramp the learning rate up over the first N updates (for a second "
                           "stage or a fine-tuning) [default: 0 = off]."),
         click.option("--patience", type=int, default=None,
-                     help="Stop this many epochs after the best validation [default: never]."),
+                     help="Stop at the first validation this many epochs or more after the "
+                          "best one [default: never]."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None),
@@ -189,7 +190,12 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
     meta = {"mode": "transfer", "source_model": str(source_model), "mapping": pairs,
             "train_data": file_hash_of(train_file)}
     if scale != "none":
-        found = _scales(potential, train, scale)
+        stored = Path(run_dir) / "scales.json"
+        resumed = scale == "auto" and (Path(run_dir) / "last.pt").is_file()
+        found = (scaling.stored_scales(stored) if resumed else None) \
+            or _scales(potential, train, scale)  # a resumed run keeps its first fit
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        stored.write_text(json.dumps(asdict(found), indent=2))
         potential = scaling.scale_potential(potential, found.length, found.energy)
         meta["scales"] = asdict(found)
         click.echo(f"corresponding states: {found.describe()}; cutoff {potential.cutoff:.3f} Å")

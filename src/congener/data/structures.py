@@ -77,6 +77,8 @@ def stress_of(atoms: Atoms) -> np.ndarray | None:
     v = np.asarray(calc.results["stress"], dtype=float)
     if v.shape == (3, 3):
         return v
+    if v.shape != (6,):
+        raise DataError(f"stress has shape {v.shape}, expected (3, 3) or 6 Voigt components")
     xx, yy, zz, yz, xz, xy = v
     return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 
@@ -106,10 +108,10 @@ def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
             raise DataError(f"{name} has a non-finite stress")
         if not np.all(np.isfinite(atoms.positions)):
             raise DataError(f"{name} has non-finite positions")
-        if atoms.pbc.any() and (atoms.cell.rank < 3 or abs(atoms.cell.volume) < 1e-6):
-            raise DataError(f"{name} is periodic (pbc={atoms.pbc.tolist()}) but its cell "
-                            "has zero volume; give every axis a length (vacuum along the "
-                            "non-periodic ones)")
+        periodic_rows = atoms.cell.array[atoms.pbc]
+        if len(periodic_rows) and np.linalg.matrix_rank(periodic_rows) < len(periodic_rows):
+            raise DataError(f"{name} is periodic along {atoms.pbc.tolist()} but its cell "
+                            "vectors there are zero or not independent")
 
 
 def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:

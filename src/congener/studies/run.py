@@ -20,7 +20,7 @@ from congener.runtime import set_threads
 from congener.studies.config import Mode, StudyConfig, config_from_dict, spec_from_dict
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
-from congener.training.scaling import fit_scales, scale_potential
+from congener.training.scaling import fit_scales, scale_potential, stored_scales
 from congener.training.trainer import fit
 from congener.training.transfer import freeze, lr_scales, map_species
 
@@ -67,7 +67,7 @@ def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, 
 
 
 def _initial_model(cfg: StudyConfig, mode: Mode, study_dir: Path, elements: list[str],
-                   seed: int, train: list) -> tuple[Potential, dict[str, Any]]:
+                   seed: int, train: list, run_dir: Path) -> tuple[Potential, dict[str, Any]]:
     """The run's starting model and what was done to it (frozen names, lr scales, scales)."""
     torch.manual_seed(seed)
     if mode == Mode.scratch:
@@ -79,7 +79,10 @@ def _initial_model(cfg: StudyConfig, mode: Mode, study_dir: Path, elements: list
             return potential, {"lr_scales": lr_scales(potential, cfg.freeze, cfg.soft_freeze)}
         return potential, {"frozen": freeze(potential, cfg.freeze)}
     if mode == Mode.scaled:  # fitted to this run's training forces only
-        found = fit_scales(potential, train)
+        # a resumed run keeps the scales it started from (see `stored_scales`)
+        resumed = (run_dir / "last.pt").is_file()
+        found = (stored_scales(run_dir / "config.json") if resumed else None) \
+            or fit_scales(potential, train)
         return scale_potential(potential, found.length, found.energy), {"scales": asdict(found)}
     return potential, {}
 
@@ -110,7 +113,8 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     val = [pool[k] for k in spec.val_idx]
     tcfg = run_config(cfg, spec.size, spec.seed, spec.lr, threads, spec.decay)
     set_threads(threads or None)  # the start (a scale fit) runs on the run's share of cores
-    potential, start = _initial_model(cfg, spec.mode, root, elements_of(pool), spec.seed, train)
+    potential, start = _initial_model(cfg, spec.mode, root, elements_of(pool), spec.seed, train,
+                                      run_dir)
     (run_dir / "config.json").write_text(json.dumps(
         {"run": asdict(spec), "train": asdict(tcfg), "model": asdict(potential.network.cfg),
          "frozen": start.get("frozen", []), "lr_scales": start.get("lr_scales"),
@@ -133,9 +137,9 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     return res
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any], indent: int | None = 2) -> None:
     """Write atomically (a temporary file, then a rename): the files that mark finished work
     (metrics.json, cached validation results) are never left half-written by an interrupt."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(json.dumps(data, indent=indent))
     tmp.replace(path)

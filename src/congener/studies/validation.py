@@ -87,7 +87,7 @@ def _dos_cached(path: Path, compute: Callable[[], PhononDOS], cached_only: bool 
         write_json(path, {"error": str(exc)})
         raise
     write_json(path, {k: v.tolist() if isinstance(v, np.ndarray) else v
-                      for k, v in asdict(dos).items()})
+                      for k, v in asdict(dos).items()}, indent=None)
     return dos
 
 
@@ -179,7 +179,7 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
             saved = {"summary": summary, "frames": frames,
                      "records": [asdict(r) for r in stability_records(
                          res, mode=str(spec.mode), size=spec.size)]}
-            write_json(path, saved)
+            write_json(path, saved, indent=None)  # frames: compact
         records += [_record(r) for r in saved["records"]]
         key = f"{spec.mode}, {spec.size}"
         frames_by_key.setdefault(key, []).extend(

@@ -40,7 +40,7 @@ class TrainConfig:
     huber_delta: float = 0.01
     ema_decay: float = 0.0  # 0 = off; e.g. 0.99
     warmup_steps: int = 0  # updates over which the learning rate ramps up from 0; 0 = off
-    patience: int = 0  # epochs since the best validation before stopping; 0 = never
+    patience: int = 0  # stop at a validation >= this many epochs after the best; 0 = never
     grad_clip: float = 10.0  # max gradient norm; 0 = off
     seed: int = 0
     dtype: str = "float32"

@@ -19,9 +19,11 @@ two-parameter fit over a model evaluation, not something a library provides.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,6 +80,18 @@ def scale_potential(potential: Potential, length: float = 1.0, energy: float = 1
     new.energy_refs.copy_(potential.energy_refs)
     new.metadata = dict(getattr(potential, "metadata", {}) or {})
     return new
+
+
+def stored_scales(path: Path) -> Scales | None:
+    """Scales stored in a JSON file (at its top level or under "scales"), or None if the file
+    is absent or holds none. A resumed run takes its scales from there: a refit can differ in
+    the last digits between machines or thread counts, and the checkpoint belongs to the first
+    fit."""
+    try:
+        values = json.loads(Path(path).read_text())
+        return Scales(**values.get("scales", values))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _forces(potential: Potential, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:

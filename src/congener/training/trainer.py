@@ -152,7 +152,7 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     kept = potential if ema is None else ema.module
     rng = np.random.default_rng(cfg.seed)
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "seconds": 0.0}
-    identity = run_identity(potential, train, val, lr_scales, metadata)
+    identity = run_identity(potential, train, val, lr_scales)
     if run_dir and (run_dir / "last.pt").exists():
         state, rng = _resume(run_dir / "last.pt", potential, opt, cfg, ema, identity)
     best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
@@ -260,44 +260,44 @@ def _checkpoint(run_dir: Path, potential: Potential, opt: torch.optim.Optimizer,
 
 
 def run_identity(potential: Potential, train: LabelledSet, val: LabelledSet,
-                 lr_scales: dict[str, float] | None, metadata: dict[str, Any] | None
-                 ) -> dict[str, Any]:
+                 lr_scales: dict[str, float] | None) -> dict[str, Any]:
     """What a resumed run must share with the run that wrote its checkpoint, besides the
-    training configuration: the model's architecture and elements, the data, which parameters
-    are frozen or soft-frozen, and the caller's metadata (source model, mapping, scales)."""
+    training configuration: the model's settings and elements, the data, and which parameters
+    are frozen or soft-frozen. (Where the starting weights came from does not matter: a resumed
+    run continues from the checkpoint's.)"""
     cfg = getattr(potential.network, "cfg", None)
     return {"model": asdict(cfg) if cfg is not None else None,
             "elements": list(potential.elements),
             "training data": train.fingerprint(), "validation data": val.fingerprint(),
             "frozen": sorted(n for n, p in potential.named_parameters() if not p.requires_grad),
-            "lr_scales": dict(sorted((lr_scales or {}).items())),
-            "metadata": dict(metadata or {})}
+            "lr_scales": dict(sorted((lr_scales or {}).items()))}
 
 
-def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """Where two nested values differ ('' for the top); floats equal to 1e-9 relative (fitted
-    scales may differ in the last bits between thread counts). None if they agree."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            where = f"{path}.{key}" if path else str(key)
-            if key not in old or key not in new:
-                return where
-            found = _first_difference(old[key], new[key], where)
-            if found is not None:
-                return found
-        return None
-    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
-        if len(old) != len(new):
-            return path
-        for a, b in zip(old, new, strict=True):
-            found = _first_difference(a, b, path)
-            if found is not None:
-                return found
-        return None
-    if isinstance(old, float | int) and isinstance(new, float | int) \
-            and not isinstance(old, bool) and not isinstance(new, bool):
-        return None if math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12) else path
-    return None if old == new else path
+_IDENTITY_NAMES = {"model": "model settings", "elements": "elements",
+                   "training data": "training data", "validation data": "validation data",
+                   "frozen": "frozen parameters", "lr_scales": "soft-frozen parameters"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal; numbers to 1e-9 relative (a cutoff divided by a fitted length scale may differ in
+    the last bits between machines)."""
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and bool not in (type(a), type(b)):
+        return math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """What differs between two run identities, in words (None if nothing)."""
+    for key, name in _IDENTITY_NAMES.items():
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key == "model":
+            changed = [k for k in sorted(set(a) | set(b)) if not _same(a.get(k), b.get(k))]
+            if changed:
+                return f"{name} ({', '.join(changed)})"
+        elif not _same(a, b):
+            return name
+    return None
 
 
 def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: TrainConfig,
@@ -317,10 +317,10 @@ def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: T
         raise CheckpointError(f"{path} was written with another training configuration; "
                               "use a new run folder or the same configuration")
     # (checkpoints written before the identity was recorded have the configuration check only)
-    differs = _first_difference(payload.get("identity") or identity, identity)
+    differs = _identity_change(payload.get("identity") or identity, identity)
     if differs is not None:
-        raise CheckpointError(f"{path} belongs to a run with another {differs}; use a new run "
-                              "folder, or the same model, data and options")
+        raise CheckpointError(f"{path} was written by a run with other {differs}; use a new "
+                              "run folder, or the same model, data and options")
     try:
         potential.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
