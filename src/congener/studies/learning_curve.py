@@ -217,9 +217,9 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
 
 
 def _record_failure(study_dir: Path, spec: RunSpec, error: BaseException) -> None:
-    run_dir = study_dir / "runs" / spec.name
     from congener.studies.run import write_json
 
+    run_dir = study_dir / "runs" / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     kind = "" if isinstance(error, CongenerError) else f"{type(error).__name__}: "
     write_json(run_dir / "failed.json", {"run": spec.name, "error": f"{kind}{error}"})
