@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -78,12 +77,8 @@ def op_costs(reps: int) -> None:
           f"{INT_EMB}] @ [{ATOMS}, {INT_EMB}, {L * DEGREE}]), CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}:")
     for name, op in ops.items():
-        for _ in range(20):
-            op()
-        start = time.perf_counter()
-        for _ in range(20 * reps):
-            op()
-        print(f"  {name:24s} {1e6 * (time.perf_counter() - start) / (20 * reps):7.1f} µs")
+        timed(op, 20)
+        print(f"  {name:24s} {1e6 * statistics.mean(timed(op, 20 * reps)):7.1f} µs")
     tune_allocator()
     pot = make_potential(DimeNetPP, 5.0)
     graph = build_graph(structures("crystal", 1)[0], 5.0).to(dtype=torch.float32)

@@ -23,6 +23,7 @@ from ase import Atoms
 from torch import Tensor
 from vesin import NeighborList
 
+from congener.data.structures import periodic_cell_problem
 from congener.errors import DataError
 
 
@@ -108,6 +109,9 @@ class _Single:
 def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """Full periodic neighbour list: edge_index [2,E] (centre, neighbour), shifts [E,3]."""
     periodic = np.asarray(atoms.pbc, dtype=bool)  # per axis: slabs (T, T, F) and wires work
+    problem = periodic_cell_problem(atoms)
+    if problem:
+        raise DataError(f"{atoms.get_chemical_formula()} {problem}")
     points = np.ascontiguousarray(atoms.positions, dtype=np.float64)
     box = _box(atoms.cell.array, periodic, points, cutoff) if periodic.any() else np.zeros((3, 3))
     nl = NeighborList(cutoff=float(cutoff), full_list=True)
@@ -119,14 +123,11 @@ def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]
 
 def _box(cell: np.ndarray, periodic: np.ndarray, points: np.ndarray, cutoff: float
          ) -> np.ndarray:
-    """The cell as vesin needs it (full rank). ASE builds slabs and wires without vacuum with
-    zero rows on their open axes; those rows become vectors normal to the others, longer than
-    the structure's extent plus the cutoff. There are no images along open axes, so the
-    neighbours do not change."""
+    """The cell as vesin needs it (full rank), for periodic rows already checked independent.
+    ASE builds slabs and wires without vacuum with zero rows on their open axes; those rows
+    become vectors normal to the others, longer than the structure's extent plus the cutoff.
+    There are no images along open axes, so the neighbours do not change."""
     box = np.array(cell, dtype=np.float64)
-    if np.linalg.matrix_rank(box[periodic]) < periodic.sum():
-        raise DataError(f"the periodic axes (pbc={periodic.tolist()}) need independent cell "
-                        "vectors; this cell has a zero or repeated one")
     zero = ~periodic & (np.linalg.norm(box, axis=1) < 1e-9)
     if not zero.any():
         return box

@@ -195,7 +195,7 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
         found = (scaling.stored_scales(stored) if resumed else None) \
             or _scales(potential, train, scale)  # a resumed run keeps its first fit
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        stored.write_text(json.dumps(asdict(found), indent=2))
+        stored.write_text(json.dumps({"scales": asdict(found)}, indent=2))
         potential = scaling.scale_potential(potential, found.length, found.energy)
         meta["scales"] = asdict(found)
         click.echo(f"corresponding states: {found.describe()}; cutoff {potential.cutoff:.3f} Å")

@@ -90,6 +90,16 @@ def _result(atoms: Atoms, key: str) -> object:
     return calc.results[key]
 
 
+def periodic_cell_problem(atoms: Atoms) -> str | None:
+    """Why the cell cannot carry the periodic axes (no independent vector for each), or None.
+    Open axes may have any vector, zero included."""
+    rows = atoms.cell.array[atoms.pbc]
+    if len(rows) and np.linalg.matrix_rank(rows) < len(rows):
+        return (f"is periodic along {atoms.pbc.tolist()} but has no independent cell vector "
+                "for each periodic axis")
+    return None
+
+
 def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
     """Raise `DataError` naming the first structure (by index in `where`) with missing or
     non-finite labels or positions, or a cell that cannot hold its periodic axes."""
@@ -108,10 +118,9 @@ def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
             raise DataError(f"{name} has a non-finite stress")
         if not np.all(np.isfinite(atoms.positions)):
             raise DataError(f"{name} has non-finite positions")
-        periodic_rows = atoms.cell.array[atoms.pbc]
-        if len(periodic_rows) and np.linalg.matrix_rank(periodic_rows) < len(periodic_rows):
-            raise DataError(f"{name} is periodic along {atoms.pbc.tolist()} but its cell "
-                            "vectors there are zero or not independent")
+        problem = periodic_cell_problem(atoms)
+        if problem:
+            raise DataError(f"{name} {problem}")
 
 
 def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:

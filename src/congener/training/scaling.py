@@ -83,14 +83,13 @@ def scale_potential(potential: Potential, length: float = 1.0, energy: float = 1
 
 
 def stored_scales(path: Path) -> Scales | None:
-    """Scales stored in a JSON file (at its top level or under "scales"), or None if the file
-    is absent or holds none. A resumed run takes its scales from there: a refit can differ in
+    """Scales stored in a JSON file under "scales", or None if the file is absent or holds
+    none. A resumed run takes its scales from there: a refit can differ in
     the last digits between machines or thread counts, and the checkpoint belongs to the first
     fit."""
     try:
-        values = json.loads(Path(path).read_text())
-        return Scales(**values.get("scales", values))
-    except (OSError, ValueError, TypeError, AttributeError):
+        return Scales(**json.loads(Path(path).read_text())["scales"])
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 

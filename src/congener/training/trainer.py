@@ -152,7 +152,7 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     kept = potential if ema is None else ema.module
     rng = np.random.default_rng(cfg.seed)
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "seconds": 0.0}
-    identity = run_identity(potential, train, val, lr_scales)
+    identity = run_identity(potential, train, val, lr_scales) if run_dir else {}
     if run_dir and (run_dir / "last.pt").exists():
         state, rng = _resume(run_dir / "last.pt", potential, opt, cfg, ema, identity)
     best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
@@ -281,9 +281,9 @@ _IDENTITY_NAMES = {"model": "model settings", "elements": "elements",
 def _same(a: Any, b: Any) -> bool:
     """Equal; numbers to 1e-9 relative (a cutoff divided by a fitted length scale may differ in
     the last bits between machines)."""
-    numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers) and bool not in (type(a), type(b)):
-        return math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+    if type(a) is float or type(b) is float:
+        return isinstance(a, int | float) and isinstance(b, int | float) \
+            and math.isclose(a, b, rel_tol=1e-9)
     return a == b
 
 
@@ -300,14 +300,18 @@ def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
+def _cannot_resume(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
+                           "delete the run folder to start over")
+
+
 def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: TrainConfig,
             ema: AveragedModel | None, identity: dict[str, Any]
             ) -> tuple[dict, np.random.Generator]:
     try:
         payload = torch.load(path, weights_only=False)
     except Exception as exc:
-        raise CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
-                              "delete the run folder to start over") from exc
+        raise _cannot_resume(path, exc) from exc
     # Where the run executes (threads, device) may change between sessions; what it learns may not.
     ignore = {"threads", "device"}
     # settings added in later versions take their defaults
@@ -327,8 +331,7 @@ def _resume(path: Path, potential: Potential, opt: torch.optim.Optimizer, cfg: T
         if ema is not None and payload.get("ema") is not None:
             ema.load_state_dict(payload["ema"])
     except Exception as exc:
-        raise CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
-                              "delete the run folder to start over") from exc
+        raise _cannot_resume(path, exc) from exc
     rng = np.random.default_rng()
     rng.bit_generator.state = payload["rng"]
     return payload["state"], rng
