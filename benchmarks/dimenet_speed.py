@@ -226,7 +226,7 @@ def time_set(cutoff: float, kind: str, reps: int, compare: str | None,
             train[key] += timed(case.train_step, 3)[1:]
             ef[key] += timed(case.energy_forces, 6)[1:]
     g = cases["congener"].graph1
-    return {"info": f"{g.edge_index.shape[1]} edges, {g.triplet_kj.shape[0]} triplets",
+    return {"info": f"{g.edge_index.shape[1]} edges, {g.n_triplets} triplets",
             "train_ms": {k: 1000 * statistics.median(v) for k, v in train.items()},
             "ef_ms": {k: 1000 * statistics.median(v) for k, v in ef.items()},
             "build_ms": 1000 * statistics.median(timed(lambda: build_graph(single, cutoff), 20))}

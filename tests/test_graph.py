@@ -7,9 +7,11 @@ import itertools
 import ase.build
 import numpy as np
 import pytest
+import torch
 
 from congener.errors import DataError
-from congener.graph import build_graph, neighbour_list, triplets
+from congener.graph import build_graph, neighbour_list, reverse_edges, symmetric_edges, triplets
+from congener.models.dimenet import _Triplets
 from tests.conftest import rattled_diamond
 
 
@@ -99,23 +101,82 @@ def brute_triplets(edge_index, shifts):
     return sorted(out)
 
 
+def test_reverse_edges_pair_each_edge_with_its_mirror():
+    atoms = ase.build.bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=4)
+    ei, s = neighbour_list(atoms, 6.0)  # several images of each atom
+    rev = reverse_edges(ei, s)
+    assert (rev >= 0).all() and (rev[rev] == np.arange(len(rev))).all()
+    np.testing.assert_array_equal(ei[:, rev], ei[::-1])
+    np.testing.assert_array_equal(s[rev], -s)
+    # an edge whose mirror is missing (rounding at the cutoff) has none and is dropped
+    cut = np.ones(len(rev), dtype=bool)
+    cut[5] = False
+    rev_cut = reverse_edges(ei[:, cut], s[cut])
+    assert (rev_cut < 0).sum() == 1
+    ei2, _, rev2 = symmetric_edges(ei[:, cut], s[cut])
+    assert ei2.shape[1] == len(rev) - 2 and (rev2[rev2] == np.arange(len(rev2))).all()
+    np.testing.assert_array_equal(ei2[:, rev2], ei2[::-1])
+
+
 @pytest.mark.parametrize("cutoff", [4.0, 6.0])
 def test_triplets_match_brute_force(cutoff):
     atoms = ase.build.bulk("Si", "diamond", a=5.43)
     atoms.rattle(0.05, seed=4)
     ei, s = neighbour_list(atoms, cutoff)
-    kj, ji = triplets(ei, s, len(atoms))
+    kj, ji = triplets(ei, reverse_edges(ei, s), len(atoms))
     assert sorted(zip(kj.tolist(), ji.tolist(), strict=True)) == brute_triplets(ei, s)
     # with several images of one atom, k == i (other image) must be kept
     keep_same_atom = [(b, a) for b, a in zip(kj, ji, strict=True) if ei[1, b] == ei[0, a]]
     assert keep_same_atom
 
 
+def model_triplets(graph):
+    """The (kj, ji) pairs that DimeNet++'s dense blocks treat as triplets (non-zero mask)."""
+    tri = _Triplets(graph, graph.positions.shape[0])
+    row_edge = torch.full((tri.out_gather.numel(),), -1, dtype=torch.long)
+    row_edge[tri.in_slot] = torch.arange(graph.edge_index.shape[1])
+    pairs, offset = [], 0
+    for mask, (n, d) in zip(tri.mask, tri.groups, strict=True):
+        a, r, c = torch.nonzero(mask, as_tuple=True)
+        rows, cols = offset + a * d + r, offset + a * d + c
+        pairs += zip(tri.out_gather[cols].tolist(), row_edge[rows].tolist(), strict=True)
+        offset += n * d
+    return sorted(pairs)
+
+
+def random_cell(n: int = 40, length: float = 10.0, seed: int = 1):
+    """Atoms at random in a periodic cube: degrees differ from atom to atom."""
+    rng = np.random.default_rng(seed)
+    return ase.Atoms(f"Si{n}", positions=rng.uniform(0, length, (n, 3)), cell=[length] * 3,
+                     pbc=True)
+
+
+@pytest.mark.parametrize("case", ["primitive-4", "primitive-6", "random"])
+def test_model_triplet_blocks_match_brute_force(case):
+    # a primitive cell (several images of each atom) and random positions, whose degrees
+    # differ from atom to atom (several degree groups, padded blocks)
+    if case == "random":
+        atoms, cutoff = random_cell(), 4.5
+    else:
+        atoms, cutoff = ase.build.bulk("Si", "diamond", a=5.43), float(case[-1])
+        atoms.rattle(0.05, seed=4)
+    graph = build_graph(atoms, cutoff)
+    ei, s = graph.edge_index.numpy(), graph.cell_shifts.numpy()
+    expected = brute_triplets(ei, s)
+    assert model_triplets(graph) == expected
+    kj, ji = graph.triplets()
+    assert sorted(zip(kj.tolist(), ji.tolist(), strict=True)) == expected
+    assert graph.n_triplets == len(expected)
+    if case == "random":
+        assert len(_Triplets(graph, len(atoms)).groups) > 1
+
+
 def test_counts_64_atom_diamond_5A():
     atoms = ase.build.bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
     g = build_graph(atoms, 5.0)
     assert g.edge_index.shape[1] == 1792
-    assert g.triplet_kj.shape[0] == 48384
+    assert g.n_triplets == 48384 == g.triplets()[0].shape[0]
 
 
 def test_batch_offsets_and_vectors():
@@ -130,7 +191,8 @@ def test_batch_offsets_and_vectors():
     # edges of the second structure point into its own atoms
     ne = ga.edge_index.shape[1]
     assert (g.edge_index[:, ne:] >= 8).all()
-    assert (g.triplet_kj[ga.triplet_kj.shape[0]:] >= ne).all()
+    assert (g.edge_reverse[ne:] >= ne).all() and (g.edge_reverse[:ne] < ne).all()
+    assert (g.triplets()[0][ga.n_triplets:] >= ne).all()
 
 
 def test_graph_shape_check_names_field():

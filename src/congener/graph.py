@@ -1,8 +1,9 @@
 """Periodic neighbour graphs with triplets, batched over structures.
 
 Flow: `ase.Atoms` -> `build_graph` -> `Graph` -> model. The neighbour list comes from vesin
-(periodic, correct for cells shorter than twice the cutoff). Triplets are built here by hand:
-no maintained library enumerates DimeNet-style edge pairs with periodic images.
+(periodic, correct for cells shorter than twice the cutoff). The reverse of each edge and the
+triplets are found here by hand: no maintained library pairs DimeNet-style edges with periodic
+images.
 
 Conventions
 - Edge e = (i, j, S): centre atom i, neighbour j seen through the periodic image S (integer
@@ -10,6 +11,10 @@ Conventions
 - Triplet t = (kj, ji): edge ji = (i, j, S_ji) and edge kj = (j, k, S_kj) with k != i, where
   "!=" compares atom *and* image (k == i only if S_kj + S_ji == 0). DimeNet's message from
   edge kj flows into edge ji; the angle is the one at j between j->i and j->k.
+- The list is full and symmetric: every edge (i, j, S) has its reverse (j, i, -S), whose
+  index is `edge_reverse`. The triplets of edge ji are then all edges kj centred on j but
+  ji's reverse, so a graph stores the reverse index and not the triplet list (T is ~27x E
+  at 5 Å in diamond); `Graph.triplets()` lists them when they are wanted.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from congener.errors import DataError
 
 @dataclass
 class Graph:
-    """A batch of B structures with N atoms, E directed edges and T triplets.
+    """A batch of B structures with N atoms and E directed edges.
 
     Fields (shape, unit):
         positions     [N,3] Å, float
@@ -37,10 +42,9 @@ class Graph:
         cell          [B,3,3] Å, lattice vectors as rows, float (zeros for free boundaries)
         batch         [N]   structure index of each atom, long
         n_atoms       [B]   atoms per structure, long
-        edge_index    [2,E] (centre i, neighbour j), long
+        edge_index    [2,E] (centre i, neighbour j), sorted by centre, long
         cell_shifts   [E,3] integer image shifts S of the neighbour, float
-        triplet_kj    [T]   index of edge kj of each triplet, long
-        triplet_ji    [T]   index of edge ji of each triplet, long
+        edge_reverse  [E]   index of the reverse edge (j, i, -S) of each edge, long
         cutoff        Å, the cutoff the edges were built with
     """
 
@@ -51,16 +55,14 @@ class Graph:
     n_atoms: Tensor
     edge_index: Tensor
     cell_shifts: Tensor
-    triplet_kj: Tensor
-    triplet_ji: Tensor
+    edge_reverse: Tensor
     cutoff: float
 
     def __post_init__(self) -> None:
-        n, e, t = self.positions.shape[0], self.edge_index.shape[-1], self.triplet_kj.shape[0]
-        b = self.n_atoms.shape[0]
+        n, e, b = self.positions.shape[0], self.edge_index.shape[-1], self.n_atoms.shape[0]
         expected = {
             "positions": (n, 3), "species": (n,), "cell": (b, 3, 3), "batch": (n,),
-            "edge_index": (2, e), "cell_shifts": (e, 3), "triplet_ji": (t,),
+            "edge_index": (2, e), "cell_shifts": (e, 3), "edge_reverse": (e,),
         }
         for name, shape in expected.items():
             got = tuple(getattr(self, name).shape)
@@ -70,6 +72,19 @@ class Graph:
     @property
     def n_structures(self) -> int:
         return int(self.n_atoms.shape[0])
+
+    @property
+    def n_triplets(self) -> int:
+        """Number of triplets: each edge ji pairs with the edges centred on j but its reverse."""
+        degree = torch.bincount(self.edge_index[0], minlength=self.positions.shape[0])
+        return int((degree.index_select(0, self.edge_index[1]) - 1).sum())
+
+    def triplets(self) -> tuple[Tensor, Tensor]:
+        """The triplets as (triplet_kj, triplet_ji) edge indices [T] (see `triplets`)."""
+        kj, ji = triplets(self.edge_index.cpu().numpy(), self.edge_reverse.cpu().numpy(),
+                          self.positions.shape[0])
+        dev = self.edge_index.device
+        return torch.from_numpy(kj).to(dev), torch.from_numpy(ji).to(dev)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
            ) -> Graph:
@@ -102,12 +117,12 @@ class _Single:
     cell: np.ndarray
     edge_index: np.ndarray
     cell_shifts: np.ndarray
-    triplet_kj: np.ndarray
-    triplet_ji: np.ndarray
+    edge_reverse: np.ndarray
 
 
 def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-    """Full periodic neighbour list: edge_index [2,E] (centre, neighbour), shifts [E,3]."""
+    """Full periodic neighbour list: edge_index [2,E] (centre, neighbour), shifts [E,3],
+    sorted by centre then neighbour."""
     periodic = np.asarray(atoms.pbc, dtype=bool)  # per axis: slabs (T, T, F) and wires work
     problem = periodic_cell_problem(atoms)
     if problem:
@@ -140,9 +155,53 @@ def _box(cell: np.ndarray, periodic: np.ndarray, points: np.ndarray, cutoff: flo
     return box
 
 
-def triplets(edge_index: np.ndarray, shifts: np.ndarray, n_atoms: int
+def reverse_edges(edge_index: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Index of the reverse edge (j, i, -S) of every edge (i, j, S), or -1 where it is absent
+    [E]. Edges are matched on integer keys (atom pair and image shift) by sorting."""
+    i, j = edge_index
+    if i.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    s = np.rint(shifts).astype(np.int64)
+    n = int(max(i.max(), j.max())) + 1
+    reach = int(np.abs(s).max())
+    span = 2 * reach + 1
+    if n * n * span**3 >= 2**62:  # keys would overflow int64: match rows instead
+        where = {(a, b, *c): e for e, (a, b, c) in enumerate(zip(i.tolist(), j.tolist(),
+                                                                  s.tolist(), strict=True))}
+        return np.array([where.get((b, a, *(-x for x in c)), -1) for a, b, c in
+                         zip(i.tolist(), j.tolist(), s.tolist(), strict=True)], dtype=np.int64)
+
+    def key(a: np.ndarray, b: np.ndarray, sh: np.ndarray) -> np.ndarray:
+        image = ((sh[:, 0] + reach) * span + sh[:, 1] + reach) * span + sh[:, 2] + reach
+        return (a * n + b) * span**3 + image
+
+    forward = key(i, j, s)
+    order = np.argsort(forward, kind="stable")
+    ranked = forward[order]
+    wanted = key(j, i, -s)
+    pos = np.minimum(np.searchsorted(ranked, wanted), ranked.size - 1)
+    return np.where(ranked[pos] == wanted, order[pos], -1).astype(np.int64)
+
+
+def symmetric_edges(edge_index: np.ndarray, shifts: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edges that have their reverse, with the reverse index: (edge_index, shifts, reverse).
+
+    A full neighbour list is symmetric in exact arithmetic; an edge whose reverse fell on the
+    other side of the cutoff by rounding is dropped (the DimeNet++ envelope and its first
+    derivatives are zero at the cutoff, so dropping it changes nothing to rounding)."""
+    reverse = reverse_edges(edge_index, shifts)
+    keep = reverse >= 0
+    if keep.all():
+        return edge_index, shifts, reverse
+    new_index = np.cumsum(keep) - 1  # the reverse of a kept edge is kept
+    return edge_index[:, keep], shifts[keep], new_index[reverse[keep]]
+
+
+def triplets(edge_index: np.ndarray, edge_reverse: np.ndarray, n_atoms: int
              ) -> tuple[np.ndarray, np.ndarray]:
-    """All (kj, ji) edge pairs sharing atom j with k != i (atom and image).
+    """All (kj, ji) edge pairs sharing atom j with k != i (atom and image): for each edge
+    ji, every edge centred on j except the reverse of ji.
 
     `edge_index` must be sorted by centre atom. Returns (triplet_kj, triplet_ji), each [T].
     """
@@ -153,22 +212,18 @@ def triplets(edge_index: np.ndarray, shifts: np.ndarray, n_atoms: int
     start = np.repeat(ptr[neighbour], n_kj)
     offset = np.arange(ji.size) - np.repeat(np.cumsum(n_kj) - n_kj, n_kj)
     kj = start + offset
-    same = (neighbour[kj] == centre[ji]) & np.all(shifts[kj] == -shifts[ji], axis=1)
+    same = kj == edge_reverse[ji]
     return kj[~same].astype(np.int64), ji[~same].astype(np.int64)
 
 
-def _single(atoms: Atoms, cutoff: float, with_triplets: bool) -> _Single:
+def _single(atoms: Atoms, cutoff: float) -> _Single:
     if len(atoms) == 0:
         raise DataError("cannot build a graph of an empty structure")
-    edge_index, shifts = neighbour_list(atoms, cutoff)
-    if with_triplets:
-        kj, ji = triplets(edge_index, shifts, len(atoms))
-    else:
-        kj = ji = np.zeros(0, dtype=np.int64)
+    edge_index, shifts, reverse = symmetric_edges(*neighbour_list(atoms, cutoff))
     cell = atoms.cell.array if atoms.pbc.any() else np.zeros((3, 3))
     return _Single(np.asarray(atoms.positions, dtype=np.float64),
                    np.asarray(atoms.numbers, dtype=np.int64), np.asarray(cell, dtype=np.float64),
-                   edge_index, shifts, kj, ji)
+                   edge_index, shifts, reverse)
 
 
 def collate(singles: Sequence[_Single], cutoff: float) -> Graph:
@@ -186,14 +241,13 @@ def collate(singles: Sequence[_Single], cutoff: float) -> Graph:
         edge_index=t(cat([s.edge_index + a for s, a in zip(singles, atom_off, strict=True)],
                          axis=1)),
         cell_shifts=t(cat([s.cell_shifts for s in singles])),
-        triplet_kj=t(cat([s.triplet_kj + e for s, e in zip(singles, edge_off, strict=True)])),
-        triplet_ji=t(cat([s.triplet_ji + e for s, e in zip(singles, edge_off, strict=True)])),
+        edge_reverse=t(cat([s.edge_reverse + e
+                            for s, e in zip(singles, edge_off, strict=True)])),
         cutoff=float(cutoff),
     )
 
 
-def build_graph(structures: Atoms | Sequence[Atoms], cutoff: float, *,
-                with_triplets: bool = True) -> Graph:
+def build_graph(structures: Atoms | Sequence[Atoms], cutoff: float) -> Graph:
     """Batched neighbour graph of one or several structures (float64 on the CPU).
 
     Use `Graph.to(device, dtype)` to move it. Structures may differ in size and elements.
@@ -202,7 +256,7 @@ def build_graph(structures: Atoms | Sequence[Atoms], cutoff: float, *,
         structures = [structures]
     if not structures:
         raise DataError("cannot build a graph of zero structures")
-    return collate([_single(a, cutoff, with_triplets) for a in structures], cutoff)
+    return collate([_single(a, cutoff) for a in structures], cutoff)
 
 
 class GraphCache:
@@ -210,7 +264,7 @@ class GraphCache:
 
     def __init__(self, structures: Sequence[Atoms], cutoff: float) -> None:
         self.cutoff = float(cutoff)
-        self._singles = [_single(a, self.cutoff, True) for a in structures]
+        self._singles = [_single(a, self.cutoff) for a in structures]
 
     def __len__(self) -> int:
         return len(self._singles)

@@ -11,7 +11,7 @@ kick. With zero friction it is velocity Verlet (NVE).
 
 Neighbours: the graph is built with cutoff + skin and rebuilt only when an atom of any system
 has moved more than skin/2 since the last build. Before each force call the graph is pruned to
-edges shorter than the cutoff and triplets of two kept edges. Pruning only saves time: the
+edges shorter than the cutoff. Pruning only saves time: the
 DimeNet++ envelope (models/basis.py) is exactly zero for d >= cutoff and enters every radial
 and spherical basis function, so edges beyond the cutoff contribute exactly zero.
 
@@ -116,19 +116,19 @@ def kinetic_temperature(state: MDState) -> Tensor:
 
 
 def prune_graph(graph: Graph, cutoff: float) -> tuple[Graph, Tensor]:
-    """Keep edges shorter than `cutoff` and triplets made of two kept edges.
+    """Keep edges shorter than `cutoff` (triplets follow: they are pairs of kept edges).
 
-    Returns the pruned graph and the distances [E'] (Å) of its edges.
+    Returns the pruned graph and the distances [E'] (Å) of its edges. An edge is kept with
+    its reverse (both or neither: their lengths could differ in the last bit).
     """
     dist = graph.edge_vectors().norm(dim=-1)
     keep = dist < cutoff
+    keep &= keep.index_select(0, graph.edge_reverse)
     new_index = torch.cumsum(keep, 0) - 1
-    kj, ji = graph.triplet_kj, graph.triplet_ji
-    tkeep = keep.index_select(0, kj) & keep.index_select(0, ji)
     pruned = replace(graph, edge_index=graph.edge_index[:, keep],
                      cell_shifts=graph.cell_shifts[keep],
-                     triplet_kj=new_index.index_select(0, kj[tkeep]),
-                     triplet_ji=new_index.index_select(0, ji[tkeep]), cutoff=float(cutoff))
+                     edge_reverse=new_index.index_select(0, graph.edge_reverse[keep]),
+                     cutoff=float(cutoff))
     return pruned, dist[keep]
 
 

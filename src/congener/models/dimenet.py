@@ -6,7 +6,7 @@ exact reformulations for speed on a CPU (results equal the direct form to float 
 
 - Triplets as dense per-atom blocks (`_Triplets`): for atom j, the edges ji into j and the
   edges kj out of j form a [D, D] block (D = largest degree, zero-padded; cbf is zero where
-  (ji, kj) is no triplet of the graph, e.g. k = i). The message sum of an interaction block,
+  (ji, kj) is no triplet of the graph: on the diagonal, k = i). The message sum of a block,
   agg[ji] = sum_kj sum_l cbf[ji, kj, l] sbf[kj, l, :] x_kj[kj, :], is one batched matmul
   [N, D, L*D] @ [N, L*D, C]; no triplet-sized gather, product or scatter is recorded.
 - The angles come from a batched Gram matrix of unit edge vectors; the angular basis Y_l^0
@@ -171,65 +171,57 @@ def _degree_buckets(degree: list[int], max_buckets: int = 4) -> list[int]:
 
 
 class _Triplets:
-    """Triplets as dense per-atom blocks: for atom j, rows = edges ji into j, columns = edges
-    kj out of j, zero-padded to the largest degree D of its group. Atoms are grouped by degree
-    (one group for crystals; up to 4 for hot or liquid structures, whose degrees vary) so that
-    little padding is computed.
+    """Triplets as dense per-atom blocks: for atom j, columns = edges kj out of j (centred on
+    j), rows = edges ji into j, each row at the column of its reverse edge (the reverse of
+    ji = (i, j, S) is (j, i, -S), centred on j); blocks zero-padded to the largest degree D of
+    their group. Atoms are grouped by degree (one group for crystals; up to 4 for hot or
+    liquid structures, whose degrees vary) so that little padding is computed.
 
-    The triplet sum agg[ji] = sum_{t: ji} sum_l cbf[t, l] h[kj, l, :] is then one batched
-    matmul per group and block, [n, D, L*D] @ [n, L*D, C], with cbf zero where (ji, kj) is no
-    triplet (k = i, padding). The angles come from a batched Gram matrix of unit edge vectors.
+    Then (ji, kj) is a triplet exactly off the diagonal of the valid square of the block (the
+    diagonal pairs ji with its own reverse: k = i, same image), the angle at j between j->i
+    and j->k comes from the Gram matrix of the unit vectors of the edges out of j, and the
+    triplet sum agg[ji] = sum_{t: ji} sum_l cbf[t, l] h[kj, l, :] is one batched matmul per
+    group and block, [n, D, L*D] @ [n, L*D, C], with cbf zero off the triplets.
     """
 
     def __init__(self, graph: Graph, n_atoms: int) -> None:
-        i, j = graph.edge_index[0], graph.edge_index[1]
+        i, reverse = graph.edge_index[0], graph.edge_reverse
         n_edges, dev = i.numel(), i.device
+        if n_edges and int(reverse.min()) < 0:
+            raise ValueError("graph has edges without a reverse edge (build it with build_graph)")
         self.n_atoms, self.n_edges = n_atoms, n_edges
-        out_pos, in_pos = _rank_within(i, n_atoms), _rank_within(j, n_atoms)
-        degree = torch.maximum(torch.bincount(i, minlength=n_atoms),
-                               torch.bincount(j, minlength=n_atoms)).clamp_min_(1)
+        out_pos = _rank_within(i, n_atoms)
+        degree = torch.bincount(i, minlength=n_atoms).clamp_min_(1)
         deg_list = degree.tolist() if n_atoms else [1]
         cuts = _degree_buckets(deg_list)
         arange = torch.arange(n_edges, device=dev)
         if len(cuts) == 1:  # one group, atoms in their own order
             deg = max(deg_list)
             self.groups = [(n_atoms, deg)]
-            base, width = torch.arange(n_atoms, device=dev) * deg, torch.full_like(degree, deg)
-            cell_base = base * deg
+            base = torch.arange(n_atoms, device=dev) * deg
         else:
             order = torch.argsort(degree, stable=True)
             sorted_deg = degree.index_select(0, order).tolist()
             self.groups, starts = [], [0, *cuts[:-1]]
-            local_base, local_width, local_cell = [], [], []
-            offset = cell_offset = 0
+            local_base, offset = [], 0
             for start, end in zip(starts, cuts, strict=True):
                 n, deg = end - start, sorted_deg[end - 1]
                 self.groups.append((n, deg))
-                local = torch.arange(n, device=dev)
-                local_base.append(offset + local * deg)
-                local_cell.append(cell_offset + local * deg * deg)
-                local_width.append(torch.full((n,), deg, device=dev))
-                offset, cell_offset = offset + n * deg, cell_offset + n * deg * deg
+                local_base.append(offset + torch.arange(n, device=dev) * deg)
+                offset += n * deg
             base = torch.empty_like(degree).scatter_(0, order, torch.cat(local_base))
-            width = torch.empty_like(degree).scatter_(0, order, torch.cat(local_width))
-            cell_base = torch.empty_like(degree).scatter_(0, order, torch.cat(local_cell))
         slots = sum(n * d for n, d in self.groups)
-        cells = sum(n * d * d for n, d in self.groups)
         self.out_slot = base.index_select(0, i) + out_pos  # [E]
-        self.in_slot = base.index_select(0, j) + in_pos
+        self.in_slot = self.out_slot.index_select(0, reverse)  # row of edge ji
         # padded slot -> edge (n_edges = a zero row appended to the gathered tensor)
         self.out_identity = slots == n_edges and bool((self.out_slot == arange).all())
         self.out_gather = torch.full((slots,), n_edges, dtype=torch.long,
                                      device=dev).scatter_(0, self.out_slot, arange)
-        self.in_gather = torch.full((slots,), n_edges, dtype=torch.long,
-                                    device=dev).scatter_(0, self.in_slot, arange)
-        kj, ji = graph.triplet_kj, graph.triplet_ji
-        centre = j.index_select(0, ji)
-        cell = cell_base.index_select(0, centre) + out_pos.index_select(0, kj) \
-            + in_pos.index_select(0, ji) * width.index_select(0, centre)
-        mask = torch.zeros(cells, device=dev).scatter_(0, cell, 1.0)
-        self.mask = [m.view(n, d, d) for m, (n, d) in
-                     zip(mask.split([n * d * d for n, d in self.groups]), self.groups, strict=True)]
+        valid = [v.view(n, d) for v, (n, d) in
+                 zip((self.out_gather < n_edges).split([n * d for n, d in self.groups]),
+                     self.groups, strict=True)]
+        self.mask = [(v.unsqueeze(2) & v.unsqueeze(1)).masked_fill_(
+            torch.eye(v.shape[1], dtype=torch.bool, device=dev), False) for v in valid]
         self.cbf: list[Tensor] = []
 
     def _split(self, flat: Tensor, shape: tuple[int, ...]) -> list[Tensor]:
@@ -245,19 +237,15 @@ class _Triplets:
         flat = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])
         return self._split(flat.index_select(0, self.out_gather), x.shape[1:])
 
-    def pad_in(self, x: Tensor) -> list[Tensor]:
-        """[E, ...] per edge ji -> per group [n, D, ...], zero-padded."""
-        flat = x.reshape(self.n_edges, math.prod(x.shape[1:]))
-        flat = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])
-        return self._split(flat.index_select(0, self.in_gather), x.shape[1:])
-
     def set_angles(self, unit: Tensor, sbf: SphericalBasis) -> None:
-        """unit [E, 3]: edge directions. cos of the angle at j between j->i and j->k."""
+        """unit [E, 3]: edge directions. cos of the angle at j between j->i and j->k: the Gram
+        matrix of the directions of the edges out of j (j->i is the reverse of edge ji)."""
         self.cbf = []
-        for u_out, u_in, mask in zip(self.pad_out(unit), self.pad_in(unit), self.mask,
-                                     strict=True):
-            cos = -torch.bmm(u_in, u_out.transpose(1, 2))  # [n, D_in, D_out]
-            state = _AngularState(cos, mask.to(unit.dtype), sbf.ynorm)
+        for u, mask in zip(self.pad_out(unit), self.mask, strict=True):
+            mask = mask.to(unit.dtype)
+            # masked: the diagonal (|u|^2, 1 + rounding) would send every call down the clamp path
+            cos = torch.bmm(u, u.transpose(1, 2)).mul_(mask)  # [n, D_in, D_out]
+            state = _AngularState(cos, mask, sbf.ynorm)
             cbf = _AngularDerivative.apply(cos, 0, state)  # [n, D_in, L, D_out]
             self.cbf.append(cbf.view(cbf.shape[0], cbf.shape[1], -1))
 
