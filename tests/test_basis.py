@@ -1,5 +1,6 @@
-"""The bases' closed-form derivatives (`_RadialDerivative`, `_AngularDerivative`) against
-finite differences and against the plain formulas, to second order (force training needs it)."""
+"""The bases' closed-form derivatives (`_RadialDerivative`, `AngularDerivative`,
+`BesselBasis.derivative`) against finite differences and against the plain formulas, to
+second order where force training needs it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 from scipy import special
 
-from congener.models.basis import SphericalBasis, legendre, spherical_jn
-from congener.models.dimenet import _AngularDerivative, _AngularState
+from congener.models.basis import BesselBasis, SphericalBasis, legendre, spherical_jn
+from congener.models.triplets import AngularDerivative, AngularState
 from tests.conftest import small_potential
 
 
@@ -19,6 +20,19 @@ def test_spherical_jn_matches_scipy_including_small_arguments(order):
                      dtype=torch.float64)
     np.testing.assert_allclose(spherical_jn(order, x).numpy(),
                                special.spherical_jn(order, x.numpy()), rtol=1e-9, atol=1e-15)
+
+
+def test_bessel_basis_derivative_is_the_distance_derivative():
+    rbf = BesselBasis(6, cutoff=4.3, envelope_exponent=5).double()
+    with torch.no_grad():
+        rbf.freq.mul_(torch.linspace(0.9, 1.2, 6, dtype=torch.float64))
+    dist = torch.linspace(0.8, 4.4, 31, dtype=torch.float64).requires_grad_(True)
+    want = torch.stack([torch.autograd.grad(rbf(dist)[:, k].sum(), dist)[0] for k in range(6)],
+                       1)
+    # (near the cutoff the envelope's terms cancel: absolute rounding ~1e-14 of values ~10)
+    np.testing.assert_allclose(rbf.derivative(dist).detach().numpy(), want.numpy(),
+                               rtol=1e-12, atol=1e-12)
+    assert float(want[:, 0].abs().max()) > 0.1 and float(want[-1].abs().max()) == 0.0
 
 
 def test_radial_basis_values_and_derivatives():
@@ -43,7 +57,7 @@ def test_radial_basis_values_and_derivatives():
 def _angular(sbf: SphericalBasis):
     def f(cos: torch.Tensor) -> torch.Tensor:
         mask = torch.ones_like(cos)
-        return _AngularDerivative.apply(cos, 0, _AngularState(cos, mask, sbf.ynorm))
+        return AngularDerivative.apply(cos, 0, AngularState(cos, mask, sbf.ynorm))
     return f
 
 

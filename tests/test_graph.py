@@ -11,7 +11,7 @@ import torch
 
 from congener.errors import DataError
 from congener.graph import build_graph, neighbour_list, reverse_edges, symmetric_edges, triplets
-from congener.models.dimenet import _Triplets
+from congener.models.triplets import Triplets
 from tests.conftest import rattled_diamond
 
 
@@ -133,7 +133,7 @@ def test_triplets_match_brute_force(cutoff):
 
 def model_triplets(graph):
     """The (kj, ji) pairs that DimeNet++'s dense blocks treat as triplets (non-zero mask)."""
-    tri = _Triplets(graph, graph.positions.shape[0])
+    tri = Triplets(graph, graph.positions.shape[0])
     row_edge = torch.full((tri.out_gather.numel(),), -1, dtype=torch.long)
     row_edge[tri.in_slot] = torch.arange(graph.edge_index.shape[1])
     pairs, offset = [], 0
@@ -169,7 +169,7 @@ def test_model_triplet_blocks_match_brute_force(case):
     assert sorted(zip(kj.tolist(), ji.tolist(), strict=True)) == expected
     assert graph.n_triplets == len(expected)
     if case == "random":
-        assert len(_Triplets(graph, len(atoms)).groups) > 1
+        assert len(Triplets(graph, len(atoms)).groups) > 1
 
 
 def test_counts_64_atom_diamond_5A():

@@ -45,6 +45,18 @@ class BesselBasis(nn.Module):
         x = (dist / self.cutoff).unsqueeze(-1)
         return envelope(x, self.envelope_exponent) * torch.sin(self.freq * x)
 
+    def derivative(self, dist: Tensor) -> Tensor:
+        """d/d(dist) of `forward`, [E, num_radial] (closed form; for the explicit forces)."""
+        x = (dist / self.cutoff).unsqueeze(-1)
+        fx = self.freq * x
+        env, denv = torch.zeros_like(x), torch.zeros_like(x)
+        for coef, power in _envelope_terms(self.envelope_exponent):
+            env += coef * x.pow(power)
+            denv += coef * power * x.pow(power - 1)
+        inside = x < 1.0
+        env, denv = env.where(inside, 0.0), denv.where(inside, 0.0)
+        return (denv * torch.sin(fx) + env * self.freq * torch.cos(fx)) / self.cutoff
+
 
 def spherical_bessel_zeros(num_spherical: int, num_radial: int) -> np.ndarray:
     """First `num_radial` positive zeros z_ln of j_l for l < num_spherical, [L, R]."""
@@ -254,9 +266,14 @@ class SphericalBasis(nn.Module):
         """dist [E] (Å) -> normalised j_l(z_ln d/c) * envelope, [E, L, R] (computed in float64)."""
         return self.radial_by_l(dist).transpose(0, 1)
 
-    def radial_by_l(self, dist: Tensor) -> Tensor:
-        """`radial` laid out [L, E, R] (contiguous)."""
-        return _RadialDerivative.apply(dist, 0, _RadialState(self, dist))
+    def radial_by_l(self, dist: Tensor, state: _RadialState | None = None) -> Tensor:
+        """`radial` laid out [L, E, R] (contiguous); `state` from `radial_state(dist)`."""
+        return _RadialDerivative.apply(dist, 0, state or _RadialState(self, dist))
+
+    def radial_state(self, dist: Tensor) -> _RadialState:
+        """The radial factor's values and distance derivatives at `dist`:
+        `.derivative(k, dtype)` -> [L, E, R]."""
+        return _RadialState(self, dist)
 
     def radial_reference(self, dist: Tensor) -> Tensor:
         """`radial` written with plain autograd ops (slow; a test oracle)."""

@@ -81,9 +81,12 @@ class Potential(nn.Module):
         """Energy [B], forces [N,3] and optionally stress [B,3,3] of a batched graph.
 
         `create_graph=True` keeps the autograd graph (training on energies, forces, stress);
-        otherwise the outputs are detached.
+        otherwise the outputs are detached, and a network with an `energy_gradient` method
+        (DimeNet++) gives its energy gradient without autograd (`_explicit`).
         """
         self.check_species(graph.species)
+        if not create_graph and hasattr(self.network, "energy_gradient"):
+            return self._explicit(graph, stress)
         positions = graph.positions
         cell = graph.cell
         inputs = [positions.detach().requires_grad_(True)]
@@ -108,6 +111,26 @@ class Potential(nn.Module):
         if stress:
             volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
             out.stress = grads[1] / volume[:, None, None]
+        return out
+
+    def _explicit(self, graph: Graph, stress: bool) -> Prediction:
+        """`forward` from the network's gradient with respect to the edge vectors r_e =
+        x_j - x_i + S @ cell: forces from the two ends of each edge, and the strain
+        derivative sum_e r_e (x) dE/dr_e (edge vectors move as r (1 + strain))."""
+        atomic, vec, grad = self.network.energy_gradient(graph, graph.positions, graph.cell)
+        i, j = graph.edge_index[0], graph.edge_index[1]
+        e_net = torch.zeros(graph.n_structures, dtype=atomic.dtype,
+                            device=atomic.device).index_add_(0, graph.batch, atomic)
+        forces = torch.zeros_like(graph.positions).index_add_(0, i, grad).index_add_(
+            0, j, grad, alpha=-1.0)
+        out = Prediction(energy=e_net.to(torch.float64) + self.reference_energy(graph),
+                         forces=forces)
+        if stress:
+            virial = torch.zeros(graph.n_structures, 3, 3, dtype=grad.dtype,
+                                 device=grad.device).index_add_(
+                0, graph.batch.index_select(0, i), vec.unsqueeze(2) * grad.unsqueeze(1))
+            volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
+            out.stress = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
         return out
 
     def set_energy_refs(self, refs: dict[str, float]) -> None:
