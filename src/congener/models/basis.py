@@ -115,8 +115,9 @@ def _envelope_terms(exponent: int) -> list[tuple[float, int]]:
 
 class _RadialState:
     """j_l(z_ln x), its y-derivatives and the envelope's x-derivatives for one set of
-    distances, in float64 and laid out [L, E, R], computed once and extended on demand (any
-    derivative order).
+    distances, in float64 and laid out [L, R, E] (distances last: the per-distance and
+    per-function factors broadcast along contiguous rows), computed once and extended on
+    demand (any derivative order).
 
     Values: upward recurrence where y >= max(0.5, l/2), else the 8-term power series (as
     `spherical_jn`); first derivative j_l' = j_{l-1} - (l+1)/y j_l (j_{-1} = cos y / y) or the
@@ -130,7 +131,7 @@ class _RadialState:
         self.x = x
         zeros = basis.zeros  # [L, R]
         n_l = zeros.shape[0]
-        y = zeros[:, None, :] * x[None, :, None]  # [L, E, R]
+        y = zeros[:, :, None] * x  # [L, R, E]
         self.y = y
         r = y.reciprocal()
         cos = torch.cos(y)
@@ -193,17 +194,17 @@ class _RadialState:
         return self.env[k]
 
     def derivative(self, k: int, dtype: torch.dtype) -> Tensor:
-        """d^k/dd^k of norm * j_l(z_ln d/c) * envelope(d/c): [L, E, R]."""
-        zeros, norm = self.basis.zeros.unsqueeze(1), self.basis.norm.unsqueeze(1)  # [L, 1, R]
-        out = self.j_derivative(0) * self.envelope_derivative(k)[:, None]
+        """d^k/dd^k of norm * j_l(z_ln d/c) * envelope(d/c): [L, R, E]."""
+        zeros, norm = self.basis.zeros.unsqueeze(2), self.basis.norm.unsqueeze(2)  # [L, R, 1]
+        out = self.j_derivative(0) * self.envelope_derivative(k)
         for m in range(1, k + 1):
             factor = math.comb(k, m) * zeros.pow(m)
-            out += factor * self.j_derivative(m) * self.envelope_derivative(k - m)[:, None]
+            out += factor * self.j_derivative(m) * self.envelope_derivative(k - m)
         return out.mul_(norm * self.basis.cutoff ** (-k)).to(dtype)
 
 
 class _RadialDerivative(torch.autograd.Function):
-    """k-th distance derivative of the spherical radial basis [L, E, R], differentiable to any
+    """k-th distance derivative of the spherical radial basis [L, R, E], differentiable to any
     order."""
 
     @staticmethod
@@ -218,7 +219,7 @@ class _RadialDerivative(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         nxt = _RadialDerivative.apply(dist, ctx.order + 1, ctx.state)
-        return (grad * nxt).sum((0, 2)), None, None
+        return (grad * nxt).sum((0, 1)), None, None
 
 
 class SphericalBasis(nn.Module):
@@ -264,15 +265,15 @@ class SphericalBasis(nn.Module):
 
     def radial(self, dist: Tensor) -> Tensor:
         """dist [E] (Å) -> normalised j_l(z_ln d/c) * envelope, [E, L, R] (computed in float64)."""
-        return self.radial_by_l(dist).transpose(0, 1)
+        return self.radial_table(dist).permute(2, 0, 1)
 
-    def radial_by_l(self, dist: Tensor, state: _RadialState | None = None) -> Tensor:
-        """`radial` laid out [L, E, R] (contiguous); `state` from `radial_state(dist)`."""
+    def radial_table(self, dist: Tensor, state: _RadialState | None = None) -> Tensor:
+        """`radial` laid out [L, R, E] (contiguous); `state` from `radial_state(dist)`."""
         return _RadialDerivative.apply(dist, 0, state or _RadialState(self, dist))
 
     def radial_state(self, dist: Tensor) -> _RadialState:
         """The radial factor's values and distance derivatives at `dist`:
-        `.derivative(k, dtype)` -> [L, E, R]."""
+        `.derivative(k, dtype)` -> [L, R, E]."""
         return _RadialState(self, dist)
 
     def radial_reference(self, dist: Tensor) -> Tensor:

@@ -252,7 +252,7 @@ class DimeNetPP(nn.Module):
         tri.set_angles(unit, self.sbf.ynorm)
         rbf = self.rbf(dist)
         radial = self.sbf.radial_state(dist)
-        rad = tri.radial(self.sbf.radial_by_l(dist, radial))  # per group [n, L, D, R]
+        rad = tri.radial(self.sbf.radial_table(dist, radial))  # per group [n, L, D, R]
         sbf_weight = torch.cat([blk.sbf_weight() for blk in self.interactions], 2)
         sbf_emb = [torch.matmul(r, sbf_weight) for r in rad]  # [n, L, D, basis_emb * blocks]
         b = self.cfg.basis_emb

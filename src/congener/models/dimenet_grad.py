@@ -40,7 +40,8 @@ def _residual_grad(res: _Residual, g: Tensor, z: tuple[Tensor, Tensor]) -> Tenso
     return g + _silu_grad(inner, z[0]) @ res.lin1.weight
 
 
-def _block_grad(blk: _Interaction, b: BlockPass, g: Tensor, kept: Pass, g_cbf: list[Tensor],
+def _block_grad(blk: _Interaction, b: BlockPass, g: Tensor, kept: Pass,
+                g_cbf: list[Tensor | None],
                 g_sbf: list[list[Tensor]], rbf_terms: list[tuple[Tensor, Tensor]]) -> Tensor:
     """Through one interaction block: gradient of its output m -> of its input m. Adds the
     triplet basis' gradient to `g_cbf` (per atom group), the gradient of its spherical factor
@@ -57,8 +58,15 @@ def _block_grad(blk: _Interaction, b: BlockPass, g: Tensor, kept: Pass, g_cbf: l
     for k, (cbf, h, s, x, r) in enumerate(zip(kept.tri.cbf, b.messages, b.sbf, b.x_kj, rows,
                                               strict=True)):
         # agg_rows = cbf @ h, h = s * x per angular order l
-        g_cbf[k].baddbmm_(r, h.transpose(1, 2))  # [n, D, L*D]
-        g_h = torch.bmm(cbf.transpose(1, 2), r).view(s.shape)  # [n, L, D, C]
+        if g_cbf[k] is None:
+            g_cbf[k] = torch.bmm(r, h.transpose(1, 2))  # [n, D, L*D]
+        else:
+            g_cbf[k].baddbmm_(r, h.transpose(1, 2))
+        # cbf^T @ r: the blocks are symmetric (cbf[r, l, c] = cbf[c, l, r]), so this is
+        # cbf read as [n, D*L, D], contiguous, instead of a slow transposed read
+        n, d, ld = cbf.shape
+        g_h = torch.bmm(cbf.view(n, ld, d), r).view(n, d, ld // d, -1).transpose(1, 2)
+        g_h = g_h.contiguous()  # [n, L, D, C]
         g_sbf[k].append((g_h * x.unsqueeze(1)) @ blk.lin_sbf2.weight)  # [n, L, D, basis_emb]
         g_x.append((g_h * s).sum(1))
     g_q = _silu_grad(kept.tri.unpad_out(g_x), b.z_down) @ blk.lin_down.weight  # [E, hidden]
@@ -74,7 +82,7 @@ def _edge_gradient(net: DimeNetPP, graph: Graph, kept: Pass) -> Tensor:
     for k in reversed(range(len(outs[0].lins))):
         g = torch.bmm(_silu_grad(g, kept.out_z[k]), torch.stack([b.lins[k].weight for b in outs]))
     g_sums = torch.bmm(g, torch.stack([b.lin_up.weight for b in outs]))  # [blocks, N, hidden]
-    g_cbf = [torch.zeros_like(c) for c in tri.cbf]
+    g_cbf: list[Tensor | None] = [None for _ in tri.cbf]
     g_sbf: list[list[Tensor]] = [[] for _ in tri.cbf]
     rbf_terms: list[tuple[Tensor, Tensor]] = []
     g_m = None
@@ -97,8 +105,8 @@ def _edge_gradient(net: DimeNetPP, graph: Graph, kept: Pass) -> Tensor:
     # added last block first)
     weight = kept.sbf_weight.transpose(1, 2)  # [L, basis_emb * blocks, R]
     g_rad = [torch.matmul(torch.cat(parts[::-1], 3), weight) for parts in g_sbf]
-    d_rad = kept.radial.derivative(1, kept.dist.dtype)  # [L, E, R]
-    g_dist = g_dist + (tri.unpad_radial(g_rad) * d_rad).sum((0, 2))
+    d_rad = kept.radial.derivative(1, kept.dist.dtype)  # [L, R, E]
+    g_dist = g_dist + (tri.unpad_radial(g_rad) * d_rad).sum((0, 1))
     # angles: cbf = Y(cos) masked, cos = (U U^T) * mask on each block of edge directions U
     g_units = []
     for gc, state, u, mask in zip(g_cbf, tri.angles, tri.units, tri.mask, strict=True):

@@ -206,27 +206,30 @@ class Triplets:
         self.cbf, self.angles, self.units = [], [], self.pad_out(unit)
         for u, mask in zip(self.units, self.mask, strict=True):
             mask = mask.to(unit.dtype)
+            # symmetrised: bmm's rounding can differ between (r, c) and (c, r), and the blocks'
+            # symmetry saves a transposed read in the explicit gradient (dimenet_grad.py);
             # masked: the diagonal (|u|^2, 1 + rounding) would send every call down the clamp path
-            cos = torch.bmm(u, u.transpose(1, 2)).mul_(mask)  # [n, D_in, D_out]
+            gram = torch.bmm(u, u.transpose(1, 2))
+            cos = (gram + gram.transpose(1, 2)).mul_(0.5 * mask)  # [n, D_in, D_out]
             state = AngularState(cos, mask, ynorm)
             cbf = AngularDerivative.apply(cos, 0, state)  # [n, D_in, L, D_out]
             self.cbf.append(cbf.view(cbf.shape[0], cbf.shape[1], -1))
             self.angles.append(state)
 
     def radial(self, rad: Tensor) -> list[Tensor]:
-        """[L, E, R] per edge kj -> per group [n, L, D_out, R] (once per forward)."""
-        n_l, n_r = rad.shape[0], rad.shape[2]
+        """[L, R, E] per edge kj -> per group [n, L, D_out, R] (once per forward)."""
+        n_l, n_r = rad.shape[0], rad.shape[1]
         if not self.out_identity:
-            rad = torch.cat([rad, rad.new_zeros(n_l, 1, n_r)], 1).index_select(1, self.out_gather)
-        parts = rad.split([n * d for n, d in self.groups], 1) if len(self.groups) > 1 else [rad]
-        return [p.view(n_l, n, d, n_r).transpose(0, 1).contiguous()
+            rad = torch.cat([rad, rad.new_zeros(n_l, n_r, 1)], 2).index_select(2, self.out_gather)
+        parts = rad.split([n * d for n, d in self.groups], 2) if len(self.groups) > 1 else [rad]
+        return [p.view(n_l, n_r, n, d).permute(2, 0, 3, 1).contiguous()
                 for p, (n, d) in zip(parts, self.groups, strict=True)]
 
     def unpad_radial(self, parts: list[Tensor]) -> Tensor:
-        """Inverse of `radial`: per group [n, L, D, R] -> [L, E, R]."""
-        flat = [q.transpose(0, 1).reshape(q.shape[1], -1, q.shape[3]) for q in parts]
-        flat = torch.cat(flat, 1) if len(flat) > 1 else flat[0]
-        return flat if self.out_identity else flat.index_select(1, self.out_slot)
+        """Inverse of `radial`: per group [n, L, D, R] -> [L, R, E]."""
+        flat = [q.permute(1, 3, 0, 2).reshape(q.shape[1], q.shape[3], -1) for q in parts]
+        flat = torch.cat(flat, 2) if len(flat) > 1 else flat[0]
+        return flat if self.out_identity else flat.index_select(2, self.out_slot)
 
     def messages(self, sbf: list[Tensor], x_kj: list[Tensor]) -> list[Tensor]:
         """sbf per group [n, L, D_out, C] times x_kj per group [n, D_out, C] (the edges kj,
