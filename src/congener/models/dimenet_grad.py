@@ -37,7 +37,7 @@ def energy_gradient(net: DimeNetPP, graph: Graph, positions: Tensor, cell: Tenso
 def _residual_grad(res: _Residual, g: Tensor, z: tuple[Tensor, Tensor]) -> Tensor:
     """Through x + swish(lin2(swish(lin1(x)))) (z: the two pre-activations)."""
     inner = _silu_grad(g, z[1]) @ res.lin2.weight
-    return g + _silu_grad(inner, z[0]) @ res.lin1.weight
+    return torch.addmm(g, _silu_grad(inner, z[0]), res.lin1.weight)
 
 
 def _block_grad(blk: _Interaction, b: BlockPass, g: Tensor, kept: Pass,
@@ -52,7 +52,7 @@ def _block_grad(blk: _Interaction, b: BlockPass, g: Tensor, kept: Pass,
     g = _silu_grad(g, b.z_lin) @ blk.lin.weight
     for res, z in zip(reversed(blk.before_skip), reversed(b.before), strict=True):
         g = _residual_grad(res, g, z)
-    g_m = g_m + _silu_grad(g, b.z_ji) @ blk.lin_ji.weight
+    g_m = torch.addmm(g_m, _silu_grad(g, b.z_ji), blk.lin_ji.weight)
     rows = kept.tri.pad_rows(_silu_grad(g, b.z_up) @ blk.lin_up.weight)  # per group [n, D, C]
     g_x = []
     for k, (cbf, h, s, x, r) in enumerate(zip(kept.tri.cbf, b.messages, b.sbf, b.x_kj, rows,
@@ -71,7 +71,7 @@ def _block_grad(blk: _Interaction, b: BlockPass, g: Tensor, kept: Pass,
         g_x.append((g_h * s).sum(1))
     g_q = _silu_grad(kept.tri.unpad_out(g_x), b.z_down) @ blk.lin_down.weight  # [E, hidden]
     rbf_terms.append((g_q * b.a_kj, blk.rbf_weight()))
-    return g_m + _silu_grad(g_q * b.rbf_proj, b.z_kj) @ blk.lin_kj.weight
+    return g_m.addmm_(_silu_grad(g_q * b.rbf_proj, b.z_kj), blk.lin_kj.weight)
 
 
 def _edge_gradient(net: DimeNetPP, graph: Graph, kept: Pass) -> Tensor:
@@ -99,7 +99,9 @@ def _edge_gradient(net: DimeNetPP, graph: Graph, kept: Pass) -> Tensor:
     g_e = _silu_grad(_silu_grad(g_m, kept.emb_z) @ emb.lin.weight[:, 2 * hidden:],
                      kept.emb_proj)
     rbf_terms.append((g_e, emb.lin_rbf.weight))
-    g_rbf = torch.cat([t for t, _ in rbf_terms], 1) @ torch.cat([w for _, w in rbf_terms])
+    g_rbf = rbf_terms[0][0] @ rbf_terms[0][1]  # [E, R]
+    for t, w in rbf_terms[1:]:
+        g_rbf.addmm_(t, w)
     g_dist = (g_rbf * net.rbf.derivative(kept.dist)).sum(1)
     # spherical radial factor: through lin_sbf1 of all blocks at once (the gradients were
     # added last block first)
@@ -111,7 +113,7 @@ def _edge_gradient(net: DimeNetPP, graph: Graph, kept: Pass) -> Tensor:
     g_units = []
     for gc, state, u, mask in zip(g_cbf, tri.angles, tri.units, tri.mask, strict=True):
         n, d = mask.shape[:2]
-        g_cos = (gc.view(n, d, -1, d) * state.derivative(1)).sum(2) * mask.to(gc.dtype)
+        g_cos = state.contract(1, gc.view(n, d, -1, d)).mul_(mask)
         g_units.append(torch.bmm(g_cos + g_cos.transpose(1, 2), u))
     g_unit = tri.unpad_out(g_units)
     unit, dist = kept.unit, kept.dist.unsqueeze(-1)

@@ -76,6 +76,18 @@ class AngularState:
         out = torch.stack(self._order(k), dim=2)  # [N, D_in, L, D_out]
         return out.mul_(self.ynorm)
 
+    def contract(self, k: int, grad: Tensor) -> Tensor:
+        """sum_l grad[:, :, l, :] * derivative(k)[:, :, l, :] -> [N, D_in, D_out], without
+        stacking the derivative (one read of grad; not differentiable: explicit forces)."""
+        p, norms = self._order(k), self.ynorm.flatten().tolist()
+        out = None
+        for order in range(k, self.num):  # P_l^(k) = 0 for l < k
+            if out is None:
+                out = grad[:, :, order] * p[order].mul(norms[order])
+            else:
+                out.addcmul_(grad[:, :, order], p[order], value=norms[order])
+        return out if out is not None else torch.zeros_like(self.c)
+
 
 class AngularDerivative(torch.autograd.Function):
     """k-th cos-derivative of the masked angular basis, differentiable to any order."""
