@@ -26,11 +26,10 @@ import statistics
 
 import numpy as np
 import torch
-from dimenet_speed import make_potential, structures, timed  # this script's folder
+from dimenet_speed import make_potential, package, structures, timed  # this script's folder
 from torch.nn import functional as F
 
 from congener.graph import build_graph
-from congener.models.dimenet import DimeNetPP
 from congener.runtime import tune_allocator
 
 EDGES, ATOMS, DEGREE, L, INT_EMB, HIDDEN, BLOCKS = 1792, 64, 28, 7, 16, 32, 4
@@ -80,7 +79,7 @@ def op_costs(reps: int) -> None:
         timed(op, 20)
         print(f"  {name:24s} {1e6 * statistics.mean(timed(op, 20 * reps)):7.1f} µs")
     tune_allocator()
-    pot = make_potential(DimeNetPP, 5.0)
+    pot = make_potential(package(), 5.0)
     graph = build_graph(structures("crystal", 1)[0], 5.0).to(dtype=torch.float32)
     for _ in range(5):
         pot(graph)

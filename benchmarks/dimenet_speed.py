@@ -10,15 +10,18 @@ Timed, interleaved over `--reps` rounds, medians reported:
 - train: one step as `congener.training.trainer` does it on a batch of 8 labelled structures
   (collate the cached graphs, `Potential(create_graph=True)`, force MSE loss, `backward()`,
   Adam step); reported per structure and per batch;
-- E+F: `Potential(graph)` (energy and forces) of one structure, graph already built; the time
-  of `build_graph` for one structure is reported beside it.
+- E+F: `Potential(graph)` (energy and forces) of one structure, graph already built, timed
+  twice: first in a phase of E+F calls only, as MD and evaluation run them (and as chemtrain's
+  E+F is timed, before its training steps), then between training steps (the heap and caches
+  the training steps leave make it 10-20 % slower; this is the figure of sessions 5-10). The
+  time of `build_graph` for one structure is reported beside it.
 Peak memory: peak resident set (VmHWM) of a fresh subprocess that runs training steps on a
 batch of 8, minus its value just before the first step (torch, data and model excluded).
 
 In the chemtrain table congener is timed again right after each chemtrain run (same load).
 
-`--compare REV` runs the DimeNet++ of git revision REV (its models/dimenet.py and basis.py) in
-the same process, interleaved, on the same weights. `--chemtrain` runs the same structures
+`--compare REV` runs congener of git revision REV (its whole package, graphs included) in the
+same process, interleaved, on the same weights. `--chemtrain` runs the same structures
 through chemtrain 0.2.0 (`benchmarks/chemtrain_dimenet.py`) in `.bench/chemtrain-venv`,
 creating that virtual environment if needed (needs python3.11 and PyPI).
 
@@ -28,12 +31,16 @@ creating that virtual environment if needed (needs python3.11 and PyPI).
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import types
@@ -46,13 +53,7 @@ import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from congener.graph import build_graph
-from congener.models.dimenet import DimeNetConfig, DimeNetPP
-from congener.models.potential import Potential
 from congener.runtime import tune_allocator
-from congener.training.config import TrainConfig
-from congener.training.data import LabelledSet
-from congener.training.losses import loss
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEMTRAIN_VENV = ROOT / ".bench" / "chemtrain-venv"
@@ -80,30 +81,41 @@ def structures(kind: str, n: int, seed: int = 0) -> list[Atoms]:
     return out
 
 
-def load_revision(rev: str) -> types.ModuleType:
-    """models/dimenet.py (with its basis.py) of git revision `rev` as a module."""
-    def show(path: str) -> str:
-        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout
-    tag = "".join(ch if ch.isalnum() else "_" for ch in rev)
-    basis = types.ModuleType(f"_basis_{tag}")
-    sys.modules[basis.__name__] = basis
-    exec(compile(show("src/congener/models/basis.py"), f"{rev}:basis.py", "exec"),
-         basis.__dict__)
-    src = show("src/congener/models/dimenet.py").replace(
-        "from congener.models.basis import", f"from {basis.__name__} import")
-    module = types.ModuleType(f"_dimenet_{tag}")
-    sys.modules[module.__name__] = module
-    exec(compile(src, f"{rev}:dimenet.py", "exec"), module.__dict__)
-    return module
+def load_revision(rev: str) -> types.SimpleNamespace:
+    """congener's package as of git revision `rev`, imported under another name."""
+    tag = "congener_" + "".join(ch if ch.isalnum() else "_" for ch in rev)
+    where = Path(tempfile.mkdtemp(prefix="congener-rev-"))
+    archive = subprocess.run(["git", "archive", rev, "src/congener"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(where, filter="data")
+    (where / "src" / "congener").rename(where / tag)
+    for path in (where / tag).rglob("*.py"):
+        text = re.sub(r"\bcongener\.", f"{tag}.", path.read_text())
+        path.write_text(text.replace("from congener import", f"from {tag} import"))
+    sys.path.insert(0, str(where))
+    return package(tag)
 
 
-def make_potential(net_cls: type, cutoff: float, state: dict | None = None) -> Potential:
+def package(name: str = "congener") -> types.SimpleNamespace:
+    """What the benchmark uses of one congener package (this tree's, or a revision's)."""
+    def mod(path: str) -> types.ModuleType:
+        return importlib.import_module(f"{name}.{path}")
+    dimenet = mod("models.dimenet")
+    return types.SimpleNamespace(
+        DimeNetPP=dimenet.DimeNetPP, DimeNetConfig=dimenet.DimeNetConfig,
+        Potential=mod("models.potential").Potential, build_graph=mod("graph").build_graph,
+        LabelledSet=mod("training.data").LabelledSet, loss=mod("training.losses").loss,
+        TrainConfig=mod("training.config").TrainConfig)
+
+
+def make_potential(pkg: types.SimpleNamespace, cutoff: float, state: dict | None = None
+                   ) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = net_cls(DimeNetConfig(cutoff=cutoff))
+    net = pkg.DimeNetPP(pkg.DimeNetConfig(cutoff=cutoff))
     for out in net.outputs:  # the default output init is zero: forces would be zero
         torch.nn.init.normal_(out.lin.weight, std=0.1)
-    pot = Potential(net, ["Si"]).float()
+    pot = pkg.Potential(net, ["Si"]).float()
     if state is not None:
         pot.load_state_dict(state)
     return pot
@@ -112,11 +124,12 @@ def make_potential(net_cls: type, cutoff: float, state: dict | None = None) -> P
 class Case:
     """One model on one data set: a training step on a batch and E+F of one structure."""
 
-    def __init__(self, pot: Potential, data: LabelledSet, single: Atoms,
-                 params_only: bool = False) -> None:
-        self.pot, self.data, self.params_only = pot, data, params_only
+    def __init__(self, pkg: types.SimpleNamespace, pot: torch.nn.Module, data: list[Atoms],
+                 single: Atoms, params_only: bool = False) -> None:
+        self.pkg, self.pot, self.params_only = pkg, pot, params_only
+        self.data = pkg.LabelledSet(data, pot.cutoff)
         self.opt = torch.optim.Adam(pot.parameters(), lr=1e-5)
-        self.graph1 = build_graph(single, pot.cutoff).to(dtype=torch.float32)
+        self.graph1 = pkg.build_graph(single, pot.cutoff).to(dtype=torch.float32)
         self.step = 0
 
     def train_step(self) -> None:
@@ -126,7 +139,7 @@ class Case:
         graph, ref = graph.to(dtype=torch.float32), ref.to(torch.device("cpu"), torch.float32)
         self.opt.zero_grad(set_to_none=True)
         pred = self.pot(graph, create_graph=True)
-        terms = loss(pred, ref, TrainConfig())
+        terms = self.pkg.loss(pred, ref, self.pkg.TrainConfig())
         if self.params_only:  # gradients of the parameters only, not of the positions leaf
             terms.total.backward(inputs=[p for p in self.pot.parameters() if p.requires_grad])
         else:  # as congener.training.trainer does
@@ -162,8 +175,8 @@ def memory_child(cutoff: float, kind: str) -> None:
     """Subprocess body: peak RSS growth over training steps on a batch of 8."""
     tune_allocator()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    case = Case(make_potential(DimeNetPP, cutoff), LabelledSet(structures(kind, BATCH), cutoff),
-                structures(kind, 1)[0])
+    pkg = package()
+    case = Case(pkg, make_potential(pkg, cutoff), structures(kind, BATCH), structures(kind, 1)[0])
     before = peak_rss_mb()
     for _ in range(3):
         case.train_step()
@@ -200,36 +213,44 @@ def run_chemtrain(cutoff: float, kind: str, reps: int, threads: int) -> dict:
 def time_set(cutoff: float, kind: str, reps: int, compare: str | None,
              params_only: bool) -> dict:
     """Time every model on one structure set (run in its own process: see `timing_child`)."""
-    models = {"congener": DimeNetPP}
+    packages = {"congener": package()}
     if compare:
-        models[compare] = load_revision(compare).DimeNetPP
-    data = LabelledSet(structures(kind, 2 * BATCH), cutoff)
+        packages[compare] = load_revision(compare)
+    data = structures(kind, 2 * BATCH)
     single = structures(kind, 1, seed=100)[0]
     cases: dict[str, Case] = {}
     state = None
-    for name, cls in models.items():
-        pot = make_potential(cls, cutoff, state)
+    for name, pkg in packages.items():
+        pot = make_potential(pkg, cutoff, state)
         state = pot.state_dict()
-        cases[name] = Case(pot, data, single)
+        cases[name] = Case(pkg, pot, data, single)
     if params_only:
+        pkg = packages["congener"]
         cases["congener, backward(inputs=params)"] = Case(
-            make_potential(DimeNetPP, cutoff, state), data, single, params_only=True)
+            pkg, make_potential(pkg, cutoff, state), data, single, params_only=True)
+    # E+F alone first, as MD runs it; the first call after switching model is not counted
+    # (it pays for the other model's memory layout)
+    md: dict[str, list[float]] = {k: [] for k in cases}
+    for case in cases.values():
+        timed(case.energy_forces, 3)
+    for _ in range(reps):
+        for key, case in cases.items():
+            md[key] += timed(case.energy_forces, 7)[1:]
     for case in cases.values():  # warm-up
         case.train_step()
-        case.energy_forces()
     train: dict[str, list[float]] = {k: [] for k in cases}
     ef: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(reps):  # interleaved, so that all models see the same load
         for key, case in cases.items():
-            # the first call after switching model pays for the other model's memory layout;
-            # the trainer runs one model step after step, so that call is not counted
             train[key] += timed(case.train_step, 3)[1:]
             ef[key] += timed(case.energy_forces, 6)[1:]
     g = cases["congener"].graph1
+    build = packages["congener"].build_graph
     return {"info": f"{g.edge_index.shape[1]} edges, {g.n_triplets} triplets",
             "train_ms": {k: 1000 * statistics.median(v) for k, v in train.items()},
-            "ef_ms": {k: 1000 * statistics.median(v) for k, v in ef.items()},
-            "build_ms": 1000 * statistics.median(timed(lambda: build_graph(single, cutoff), 20))}
+            "ef_ms": {k: 1000 * statistics.median(v) for k, v in md.items()},
+            "ef_train_ms": {k: 1000 * statistics.median(v) for k, v in ef.items()},
+            "build_ms": 1000 * statistics.median(timed(lambda: build(single, cutoff), 20))}
 
 
 def timing_child(argv: list[str]) -> None:
@@ -284,14 +305,14 @@ def main() -> None:
           f"{os.cpu_count()} CPUs; {args.reps} rounds; {loads[0]} at start, {loads[-1]} at end")
     print()
     print("| model | cutoff Å | structures | train ms/structure (batch 8) | train ms/batch | "
-          "E+F ms (1 structure) |")
-    print("|---|---|---|---|---|---|")
+          "E+F ms (1 structure) | E+F between training steps |")
+    print("|---|---|---|---|---|---|---|")
     for (cutoff, kind), res in results.items():
         for name, t in res["train_ms"].items():
             print(f"| {name} | {cutoff} | {kind} ({res['info']}) | {t / BATCH:.1f} | "
-                  f"{t:.0f} | {res['ef_ms'][name]:.1f} |")
+                  f"{t:.0f} | {res['ef_ms'][name]:.1f} | {res['ef_train_ms'][name]:.1f} |")
     print()
-    print("build_graph of one crystal structure (vesin + triplets): " + ", ".join(
+    print("build_graph of one crystal structure (vesin + reverse edges): " + ", ".join(
         f"{results[c, k]['build_ms']:.1f} ms at {c} Å" for c, k in results if k == "crystal"))
 
     if not args.no_memory:
@@ -306,8 +327,9 @@ def main() -> None:
     if args.chemtrain:
         print()
         print("| cutoff Å | structures | chemtrain 0.2.0 train ms/batch | congener | ratio | "
-              "chemtrain E+F ms (nbr update incl. / excl.) | congener | ratio (excl.) |")
-        print("|---|---|---|---|---|---|---|---|")
+              "chemtrain E+F ms (nbr update incl. / excl.) | congener | ratio (excl.) | "
+              "congener between training steps | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for cutoff in args.cutoffs:
             for kind in args.kinds:
                 ct = run_chemtrain(cutoff, kind, args.reps, args.threads)
@@ -318,9 +340,11 @@ def main() -> None:
                                                                      "params_only": True}))
                 key = "congener, backward(inputs=params)"
                 t, e = res["train_ms"][key], res["ef_ms"]["congener"]
+                e2 = res["ef_train_ms"]["congener"]
                 print(f"| {cutoff} | {kind} | {ct['train_ms']:.0f} | {t:.0f} | "
                       f"{ct['train_ms'] / t:.1f}x | {ct['ef_ms']:.1f} / {ct['ef_model_ms']:.1f} | "
-                      f"{e:.1f} | {ct['ef_model_ms'] / e:.1f}x |")
+                      f"{e:.1f} | {ct['ef_model_ms'] / e:.1f}x | {e2:.1f} | "
+                      f"{ct['ef_model_ms'] / e2:.1f}x |")
                 compile_s = ct["compile_train_s"] + ct["compile_ef_s"]
                 print(f"<!-- chemtrain {cutoff} {kind}: {ct['n_params']} parameters, "
                       f"{ct['max_edges']} edges, {ct['max_triplets']} triplets, JIT compile "
