@@ -1,14 +1,15 @@
 """The gradient of DimeNet++'s energy with respect to the edge vectors, written out by hand.
 
 Energies and forces (MD, phonons, evaluation) need one gradient of the energy and nothing
-more. Autograd gets it right but, on a CPU, its bookkeeping is a third of an energy + forces
-of a 64-atom cell: recording ~520 nodes in the forward pass and running them one by one
-(measured: 3.2 ms of backward for an 8-atom cell whose arithmetic is negligible; BENCHMARKS.md).
-`torch.compile` does not help there (slower on a CPU, NOTES.md). This module runs the model's
-own forward pass (`DimeNetPP.run`) without autograd and walks back through what it kept:
-each swish's derivative from its pre-activation, each linear layer's transpose, the triplet
-contraction's two batched matmuls, and the bases' closed-form derivatives. The triplet
-gradients of all blocks accumulate in one tensor and go through the angular derivative once.
+more. Autograd gets it right, but it records every op of the forward pass (~520 nodes for
+4 blocks) and then runs a generic backward of each. This module runs the model's own forward
+pass (`DimeNetPP.run`) without recording and walks back through what it kept: each swish's
+derivative from its pre-activation, each linear layer's transpose (with the skip additions
+folded into those matmuls), the triplet contraction's two batched matmuls (the triplet blocks
+are symmetric, so the transposed one reads contiguous memory), and the bases' closed-form
+derivatives; the triplet gradients of all blocks accumulate in one tensor and meet the
+angular derivative once. About 10 % faster than autograd for a 64-atom cell on 2 threads
+(BENCHMARKS.md); `torch.compile` is no alternative on a CPU (slower, NOTES.md).
 
 Training differentiates forces again (with respect to the parameters), so it keeps autograd;
 tests hold this gradient to autograd's to float64 rounding for every configuration option.
