@@ -2,7 +2,9 @@
 
 Runs in its own virtual environment (never in congener's): `benchmarks/dimenet_speed.py
 --chemtrain` creates `.bench/chemtrain-venv` and calls this script there with the structures it
-benchmarks written to an extxyz file. Prints one JSON object.
+benchmarks written to an extxyz file. Prints one JSON object; with `--serve` it prints one when
+compiled and then answers requests on stdin ("ef N", "train N": time N calls, one JSON object
+per request), so that the caller can alternate it with congener round by round.
 
 What is timed (after JIT compilation, which is reported separately):
 - train: one `ForceMatching` update on a batch (chemtrain's own jitted step: per-sample
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--serve", action="store_true", help="answer timing requests on stdin")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="Explicitly requested dtype")
     os.environ.setdefault(
@@ -110,18 +113,26 @@ def main() -> None:
     jax.block_until_ready(energy_forces(r0, nbrs))
     compile_ef = time.perf_counter() - t
     jax.block_until_ready(energy_forces_given_nbrs(r0, nbrs.update(r0)))
-    ef_times, ef_model_times = [], []
-    for k in range(args.reps * 4):
-        r = jnp.asarray(frac[k % len(frac)])
-        t = time.perf_counter()
-        jax.block_until_ready(energy_forces(r, nbrs))
-        ef_times.append(time.perf_counter() - t)
-        nb = jax.block_until_ready(nbrs.update(r))
-        t = time.perf_counter()
-        jax.block_until_ready(energy_forces_given_nbrs(r, nb))
-        ef_model_times.append(time.perf_counter() - t)
+    counter = {"ef": 0}
 
-    print(f"E+F: {1000 * statistics.median(ef_times):.1f} ms", file=sys.stderr)
+    def time_ef(n: int) -> tuple[list[float], list[float]]:
+        """n E+F with the neighbour-list update inside, and n with it done beforehand."""
+        ef_times, ef_model_times = [], []
+        for _ in range(n):
+            r = jnp.asarray(frac[counter["ef"] % len(frac)])
+            counter["ef"] += 1
+            t = time.perf_counter()
+            jax.block_until_ready(energy_forces(r, nbrs))
+            ef_times.append(time.perf_counter() - t)
+            nb = jax.block_until_ready(nbrs.update(r))
+            t = time.perf_counter()
+            jax.block_until_ready(energy_forces_given_nbrs(r, nb))
+            ef_model_times.append(time.perf_counter() - t)
+        return ef_times, ef_model_times
+
+    if not args.serve:
+        ef_times, ef_model_times = time_ef(args.reps * 4)
+        print(f"E+F: {1000 * statistics.median(ef_times):.1f} ms", file=sys.stderr)
 
     # one force-matching training step on a batch
     tmp = tempfile.mkdtemp(prefix="chemtrain-bench-")
@@ -133,31 +144,47 @@ def main() -> None:
     data = {"R": frac, "F": forces, "U": energies,
             "box": onp.repeat(onp.asarray(box)[None], len(frac), axis=0)}
     trainer.set_dataset(data, stage="training", shuffle=False)
-    batches = iter(trainer._get_batch())
+    batches = {"it": iter(trainer._get_batch())}
     t = time.perf_counter()
-    trainer._update(next(batches))
+    trainer._update(next(batches["it"]))
     jax.block_until_ready(trainer.state.params)
     compile_train = time.perf_counter() - t
-    train_times = []
-    while len(train_times) < args.reps:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(trainer._get_batch())
-            continue
-        t = time.perf_counter()
-        trainer._update(batch)
-        jax.block_until_ready(trainer.state.params)
-        train_times.append(time.perf_counter() - t)
 
+    def time_train(n: int) -> list[float]:
+        train_times = []
+        while len(train_times) < n:
+            try:
+                batch = next(batches["it"])
+            except StopIteration:
+                batches["it"] = iter(trainer._get_batch())
+                continue
+            t = time.perf_counter()
+            trainer._update(batch)
+            jax.block_until_ready(trainer.state.params)
+            train_times.append(time.perf_counter() - t)
+        return train_times
+
+    info = {"library": "chemtrain 0.2.0", "jax": jax.__version__, "n_params": n_params,
+            "n_atoms": n_atoms, "max_edges": max_edges, "max_triplets": max_triplets,
+            "batch": args.batch, "compile_train_s": compile_train, "compile_ef_s": compile_ef}
+    if args.serve:
+        print(json.dumps(info), flush=True)
+        for line in sys.stdin:
+            what, n = line.split()
+            if what == "ef":
+                ef_times, ef_model_times = time_ef(int(n))
+                out = {"ef_ms": [1000 * x for x in ef_times],
+                       "ef_model_ms": [1000 * x for x in ef_model_times]}
+            else:
+                out = {"train_ms": [1000 * x for x in time_train(int(n))]}
+            print(json.dumps(out), flush=True)
+        return
+    train_times = time_train(args.reps)
     print(json.dumps({
-        "library": "chemtrain 0.2.0", "jax": jax.__version__, "n_params": n_params,
-        "n_atoms": n_atoms, "max_edges": max_edges, "max_triplets": max_triplets,
-        "batch": args.batch, "train_ms": 1000 * statistics.median(train_times),
+        **info, "train_ms": 1000 * statistics.median(train_times),
         "train_ms_all": [1000 * x for x in train_times],
         "ef_ms": 1000 * statistics.median(ef_times),
-        "ef_model_ms": 1000 * statistics.median(ef_model_times), "compile_train_s": compile_train,
-        "compile_ef_s": compile_ef}))
+        "ef_model_ms": 1000 * statistics.median(ef_model_times)}))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,12 @@ Timed, interleaved over `--reps` rounds, medians reported:
 Peak memory: peak resident set (VmHWM) of a fresh subprocess that runs training steps on a
 batch of 8, minus its value just before the first step (torch, data and model excluded).
 
-In the chemtrain table congener is timed again right after each chemtrain run (same load).
+In the chemtrain table both run side by side, alternating round by round: chemtrain in its
+own process answering timing requests (`chemtrain_dimenet.py --serve`), congener in this one
+(fresh: the other tables were timed in child processes). E+F rounds first (congener 6 calls,
+chemtrain 6), then training rounds (3 steps each, congener's as the trainer takes it: the
+gradients of the parameters only); the ratio of each round's medians, whose median and range
+are reported, is what a slow drift of this virtual machine's speed leaves alone.
 
 `--compare REV` runs congener of git revision REV (its whole package, graphs included) in the
 same process, interleaved, on the same weights. `--chemtrain` runs the same structures
@@ -198,16 +203,59 @@ def ensure_chemtrain_venv() -> Path:
     return python
 
 
-def run_chemtrain(cutoff: float, kind: str, reps: int, threads: int) -> dict:
+def side_by_side(cutoff: float, kind: str, reps: int, threads: int) -> dict:
+    """chemtrain and congener alternating round by round on the same structures."""
     python = ensure_chemtrain_venv()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "structures.extxyz"
         ase.io.write(path, structures(kind, 2 * BATCH))
-        out = subprocess.run(
+        server = subprocess.Popen(
             [str(python), str(ROOT / "benchmarks" / "chemtrain_dimenet.py"), str(path),
-             "--cutoff", str(cutoff), "--batch", str(BATCH), "--reps", str(reps),
-             "--threads", str(threads)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+             "--cutoff", str(cutoff), "--batch", str(BATCH), "--threads", str(threads),
+             "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert server.stdin is not None and server.stdout is not None
+
+        def answer() -> dict:  # the next JSON line (chemtrain prints other lines too)
+            for line in server.stdout:
+                if line.startswith("{"):
+                    return json.loads(line)
+            raise RuntimeError(f"chemtrain exited with code {server.wait()}")
+
+        def ask(what: str, n: int) -> dict:
+            server.stdin.write(f"{what} {n}\n")
+            server.stdin.flush()
+            return answer()
+
+        info = answer()
+
+        tune_allocator()
+        torch.set_num_threads(threads)
+        pkg = package()
+        case = Case(pkg, make_potential(pkg, cutoff), structures(kind, 2 * BATCH),
+                    structures(kind, 1, seed=100)[0], params_only=True)
+        timed(case.energy_forces, 3)
+        ask("ef", 2)
+        rounds: dict[str, list[tuple[float, float]]] = {"ef": [], "train": []}
+        for _ in range(reps):
+            ours = statistics.median(timed(case.energy_forces, 7)[1:])
+            theirs = statistics.median(ask("ef", 6)["ef_model_ms"]) / 1000
+            rounds["ef"].append((theirs, ours))
+        case.train_step()
+        ask("train", 1)
+        for _ in range(reps):
+            ours = statistics.median(timed(case.train_step, 3)[1:])
+            theirs = statistics.median(ask("train", 2)["train_ms"]) / 1000
+            rounds["train"].append((theirs, ours))
+        server.stdin.close()
+        server.wait()
+    out = {"info": info}
+    for what, pairs in rounds.items():
+        ratios = sorted(t / o for t, o in pairs)
+        out[what] = {"chemtrain_ms": 1000 * statistics.median(t for t, _ in pairs),
+                     "congener_ms": 1000 * statistics.median(o for _, o in pairs),
+                     "ratio": statistics.median(ratios), "ratio_min": ratios[0],
+                     "ratio_max": ratios[-1]}
+    return out
 
 
 def time_set(cutoff: float, kind: str, reps: int, compare: str | None,
@@ -326,25 +374,21 @@ def main() -> None:
 
     if args.chemtrain:
         print()
-        print("| cutoff Å | structures | chemtrain 0.2.0 train ms/batch | congener | ratio | "
-              "chemtrain E+F ms (nbr update incl. / excl.) | congener | ratio (excl.) | "
-              "congener between training steps | ratio |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(f"chemtrain 0.2.0 side by side, {args.reps} alternating rounds (medians; ratio: "
+              "median of the rounds' ratios, with their range):")
+        print()
+        print("| cutoff Å | structures | chemtrain train ms/batch | congener | ratio | "
+              "chemtrain E+F ms | congener | ratio |")
+        print("|---|---|---|---|---|---|---|---|")
         for cutoff in args.cutoffs:
             for kind in args.kinds:
-                ct = run_chemtrain(cutoff, kind, args.reps, args.threads)
-                # congener again right after chemtrain, so that both see similar load; its
-                # step as the trainer takes it: gradients of the parameters only, as jax.grad
-                # of the loss with respect to the parameters computes in chemtrain
-                res = run_timing(cutoff, kind, argparse.Namespace(**{**vars(args),
-                                                                     "params_only": True}))
-                key = "congener, backward(inputs=params)"
-                t, e = res["train_ms"][key], res["ef_ms"]["congener"]
-                e2 = res["ef_train_ms"]["congener"]
-                print(f"| {cutoff} | {kind} | {ct['train_ms']:.0f} | {t:.0f} | "
-                      f"{ct['train_ms'] / t:.1f}x | {ct['ef_ms']:.1f} / {ct['ef_model_ms']:.1f} | "
-                      f"{e:.1f} | {ct['ef_model_ms'] / e:.1f}x | {e2:.1f} | "
-                      f"{ct['ef_model_ms'] / e2:.1f}x |")
+                res = side_by_side(cutoff, kind, args.reps, args.threads)
+                tr, ef, ct = res["train"], res["ef"], res["info"]
+                print(f"| {cutoff} | {kind} | {tr['chemtrain_ms']:.0f} | "
+                      f"{tr['congener_ms']:.0f} ({tr['congener_ms'] / BATCH:.1f} per structure) "
+                      f"| {tr['ratio']:.1f}x ({tr['ratio_min']:.1f}-{tr['ratio_max']:.1f}) | "
+                      f"{ef['chemtrain_ms']:.1f} | {ef['congener_ms']:.1f} | {ef['ratio']:.1f}x "
+                      f"({ef['ratio_min']:.1f}-{ef['ratio_max']:.1f}) |")
                 compile_s = ct["compile_train_s"] + ct["compile_ef_s"]
                 print(f"<!-- chemtrain {cutoff} {kind}: {ct['n_params']} parameters, "
                       f"{ct['max_edges']} edges, {ct['max_triplets']} triplets, JIT compile "
