@@ -70,3 +70,14 @@ def test_explicit_gradient_float32_and_without_grad_mode():
         explicit = pot(graph)
     auto = pot(graph, create_graph=True)
     torch.testing.assert_close(explicit.forces, auto.forces.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_explicit_gradient_on_cuda_equals_cpu():
+    pot = potential("small")
+    graph = build_graph(structures(), pot.cutoff).to(dtype=torch.float64)
+    cpu = pot(graph, stress=True)
+    gpu = pot.to("cuda")(graph.to("cuda"), stress=True)
+    torch.testing.assert_close(gpu.energy.cpu(), cpu.energy, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(gpu.forces.cpu(), cpu.forces, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gpu.stress.cpu(), cpu.stress, rtol=1e-10, atol=1e-13)
