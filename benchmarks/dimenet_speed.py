@@ -19,11 +19,12 @@ Peak memory: peak resident set (VmHWM) of a fresh subprocess that runs training 
 batch of 8, minus its value just before the first step (torch, data and model excluded).
 
 In the chemtrain table both run side by side, alternating round by round: chemtrain in its
-own process answering timing requests (`chemtrain_dimenet.py --serve`), congener in this one
-(fresh: the other tables were timed in child processes). E+F rounds first (congener 6 calls,
-chemtrain 6), then training rounds (3 steps each, congener's as the trainer takes it: the
-gradients of the parameters only); the ratio of each round's medians, whose median and range
-are reported, is what a slow drift of this virtual machine's speed leaves alone.
+own process answering timing requests (`chemtrain_dimenet.py --serve`), congener in a fresh
+process of its own per structure set. E+F rounds first, in both before any training
+(congener 6 calls, chemtrain 6), then training rounds (3 steps each, congener's as the
+trainer takes it: the gradients of the parameters only); the ratio of each round's medians,
+whose median and range are reported, is what a slow drift of this virtual machine's speed
+leaves alone.
 
 `--compare REV` runs congener of git revision REV (its whole package, graphs included) in the
 same process, interleaved, on the same weights. `--chemtrain` runs the same structures
@@ -241,7 +242,7 @@ def side_by_side(cutoff: float, kind: str, reps: int, threads: int) -> dict:
             theirs = statistics.median(ask("ef", 6)["ef_model_ms"]) / 1000
             rounds["ef"].append((theirs, ours))
         case.train_step()
-        ask("train", 1)
+        info["compile_train_s"] = ask("train", 1)["compile_train_s"]
         for _ in range(reps):
             ours = statistics.median(timed(case.train_step, 3)[1:])
             theirs = statistics.median(ask("train", 2)["train_ms"]) / 1000
@@ -301,6 +302,11 @@ def time_set(cutoff: float, kind: str, reps: int, compare: str | None,
             "build_ms": 1000 * statistics.median(timed(lambda: build(single, cutoff), 20))}
 
 
+def side_child(cutoff: str, kind: str, reps: str, threads: str) -> None:
+    """Subprocess body: `side_by_side` for one structure set, printed as JSON."""
+    print(json.dumps(side_by_side(float(cutoff), kind, int(reps), int(threads))))
+
+
 def timing_child(argv: list[str]) -> None:
     """Subprocess body: `time_set` for one structure set, printed as JSON.
 
@@ -334,7 +340,11 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--memory-child", nargs=2, metavar=("CUTOFF", "KIND"), help=argparse.SUPPRESS)
     ap.add_argument("--timing-child", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--side-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.side_child:
+        side_child(*args.side_child)
+        return
     if args.memory_child:
         memory_child(float(args.memory_child[0]), args.memory_child[1])
         return
@@ -382,7 +392,11 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for cutoff in args.cutoffs:
             for kind in args.kinds:
-                res = side_by_side(cutoff, kind, args.reps, args.threads)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--side-child", str(cutoff), kind,
+                     str(args.reps), str(args.threads)],
+                    check=True, capture_output=True, text=True)
+                res = json.loads(out.stdout.strip().splitlines()[-1])
                 tr, ef, ct = res["train"], res["ef"], res["info"]
                 print(f"| {cutoff} | {kind} | {tr['chemtrain_ms']:.0f} | "
                       f"{tr['congener_ms']:.0f} ({tr['congener_ms'] / BATCH:.1f} per structure) "

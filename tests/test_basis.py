@@ -91,3 +91,18 @@ def test_energy_references_follow_the_device_in_float64():
     pot.to(device="cuda", dtype=torch.float32)
     assert pot.energy_refs.device.type == "cuda" and pot.energy_refs.dtype == torch.float64
     assert pot.get_energy_refs()["Si"] == -5.4234567891234
+
+
+def test_angular_basis_clamps_rounding_beyond_one_with_zero_derivatives():
+    # |cos| > 1 by rounding (collinear triplets): the value of cos = +-1, and no derivative of
+    # any order there, while the other entries keep theirs
+    ynorm = SphericalBasis(5, 3, cutoff=4.0).ynorm
+    cos = torch.tensor([[[1 + 1e-9, 0.3], [0.3, -1 - 1e-9]]], dtype=torch.float64)
+    state = AngularState(cos, torch.ones_like(cos), ynorm)
+    np.testing.assert_allclose(state.derivative(0)[0, 0, :, 0].numpy(), ynorm.numpy())
+    np.testing.assert_allclose(state.derivative(0)[0, 1, :, 1].numpy(),
+                               (ynorm * (-1.0) ** torch.arange(5)).numpy())
+    for order in (1, 2, 3):
+        d = state.derivative(order)[0]
+        assert float(d[0, :, 0].abs().max()) == 0.0 and float(d[1, :, 1].abs().max()) == 0.0
+        assert float(d[0, :, 1].abs().max()) > 0.1

@@ -41,7 +41,7 @@ def assert_forces_match_fd(pot: Potential, atoms: Atoms, *, h: float = 1e-4,
         fd = -(energy(pot, plus) - energy(pot, minus)) / (2 * h)
         tol = atol + rtol * max(abs(fd), float(np.abs(forces).max()))
         assert abs(fd - forces[a, d]) <= tol, (
-            f"force on atom {a}, axis {d}: autograd {forces[a, d]:.10g}, FD {fd:.10g}")
+            f"force on atom {a}, axis {d}: model {forces[a, d]:.10g}, FD {fd:.10g}")
 
 
 def assert_stress_match_fd(pot: Potential, atoms: Atoms, *, h: float = 1e-5,
@@ -58,7 +58,7 @@ def assert_stress_match_fd(pot: Potential, atoms: Atoms, *, h: float = 1e-5,
         fd = (energy(pot, plus) - energy(pot, minus)) / (2 * h) / volume
         tol = atol + rtol * float(np.abs(stress).max())
         assert abs(fd - stress[a, b]) <= tol, (
-            f"stress[{a},{b}]: autograd {stress[a, b]:.10g}, FD {fd:.10g}")
+            f"stress[{a},{b}]: model {stress[a, b]:.10g}, FD {fd:.10g}")
 
 
 def _rotation(seed: int) -> np.ndarray:

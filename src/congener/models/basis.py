@@ -146,10 +146,10 @@ class _RadialState:
             prev = k[n - 1][n + 1:] if n <= 2 else k[n - 1][2:]
             cur = k[n][n + 1:] if n <= 1 else k[n][1:]
             k.append(torch.addcmul(prev, r[n + 1:], cur, value=sign[n + 1] * sign[n] * (2 * n + 1)))
-        rows = [k[0][0]] + [k[1][1]] + [k[n][0] for n in range(2, n_l)]
+        rows = [k[0][0]] + ([k[1][1]] if n_l > 1 else []) + [k[n][0] for n in range(2, n_l)]
         j = torch.stack(rows).mul_(basis.signs)
-        below = [cos[0] * r[0]] + [k[0][1]] + [k[1][2] if n == 1 else k[n][1]
-                                                 for n in range(1, n_l - 1)]
+        below = [cos[0] * r[0]] + ([k[0][1]] if n_l > 1 else []) + [
+            k[1][2] if n == 1 else k[n][1] for n in range(1, n_l - 1)]
         jm1 = torch.stack(below).mul_(basis.signs_below)  # j_{l-1}(y_l)
         jd = torch.addcmul(jm1, r * basis.l_plus_1, j, value=-1.0)
         if x.numel() and float(x.min()) < basis.series_below:

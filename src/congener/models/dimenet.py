@@ -13,9 +13,10 @@ exact reformulations for speed on a CPU (results equal the direct form to float 
   and the spherical radial factor (float64 spherical Bessel functions) are autograd Functions
   whose derivatives of any order are closed forms (`triplets.AngularDerivative`,
   `basis._RadialDerivative`), instead of ~100 recorded small ops each.
-- The spherical basis is linear in its radial factor: lin_sbf1 is applied per edge, for all
-  blocks at once ([E, L, R] -> [E, L, basis_emb * blocks]), then each block's lin_sbf2
-  ([E, L, basis_emb] -> [E, L, C]); lin_rbf2 . lin_rbf1 as one [hidden, R] matrix.
+- The spherical basis is linear in its radial factor: lin_sbf1 is applied to the padded
+  radial factor of the edges kj for all blocks at once ([n, L, D, R] -> [n, L, D, basis_emb *
+  blocks] per atom group), then each block's lin_sbf2 (-> [n, L, D, C]); lin_rbf2 . lin_rbf1
+  as one [hidden, R] matrix.
 - The output blocks' atom-wise MLPs run for all blocks at once as batched matmuls.
 - Gathers use `index_select`, scatters `index_add_`/`scatter_` (no advanced-index assignment:
   its CPU kernel stalls for milliseconds when the other core is busy).

@@ -9,7 +9,8 @@ folded into those matmuls), the triplet contraction's two batched matmuls (the t
 are symmetric, so the transposed one reads contiguous memory), and the bases' closed-form
 derivatives; the triplet gradients of all blocks accumulate in one tensor and meet the
 angular derivative once. About 10 % faster than autograd for a 64-atom cell on 2 threads
-(BENCHMARKS.md); `torch.compile` is no alternative on a CPU (slower, NOTES.md).
+(BENCHMARKS.md); `torch.compile` is no alternative on a CPU (slower, measured before the
+project began).
 
 Training differentiates forces again (with respect to the parameters), so it keeps autograd;
 tests hold this gradient to autograd's to float64 rounding for every configuration option.

@@ -1,8 +1,10 @@
 """The Potential contract: `Graph` -> `Prediction` (energy, forces, stress).
 
 A `Potential` wraps any module that maps (graph, positions, cell) to per-atom energies and
-adds per-element reference energies. Forces and stress come from one autograd call, written
-once here: forces = -dE/dx, stress = (1/V) dE/d(strain) (ASE sign: positive = tensile).
+adds per-element reference energies. Forces = -dE/dx and stress = (1/V) dE/d(strain) (ASE
+sign: positive = tensile) come from one autograd call, written once here, or, for a network
+that offers `energy_gradient` (DimeNet++) and when no autograd graph is asked for, from its
+hand-written gradient with respect to the edge vectors.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ agg[ji] = sum_kj sum_l cbf[ji, kj, l] h[kj, l, :], is one batched matmul
 [n, D, L*D] @ [n, L*D, C]: no triplet-sized gather, product or scatter.
 
 Written by hand: no library lays out DimeNet-style triplets densely (torch_geometric and
-chemtrain use triplet lists with gathers and scatters, slower on a CPU; NOTES.md).
+chemtrain use triplet lists with gathers and scatters, slower on a CPU; the project's
+engineering notes, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -46,13 +47,16 @@ class AngularState:
     def __init__(self, cos: Tensor, mask: Tensor, ynorm: Tensor) -> None:
         c = cos.detach()
         lo, hi = torch.aminmax(c) if c.numel() else (c.new_zeros(()), c.new_zeros(()))
+        self.inside: Tensor | None = None
         if float(lo) >= -1.0 and float(hi) <= 1.0:  # the usual case: clamp is the identity
             self.c, self.start = c, [mask, mask]
-        else:  # |cos| > 1 by rounding: clamp, and clamp's zero derivative outside
-            inside = (c.abs() <= 1.0).to(c.dtype)
-            self.c, self.start = c.clamp(-1.0, 1.0), [mask, mask * inside]
+        else:  # |cos| > 1 by rounding: clamp, and clamp's zero derivative outside (every
+            # derivative order descends from order 1, whose terms `inside` zeroes there)
+            self.inside = (c.abs() <= 1.0).to(c.dtype)
+            self.c, self.start = c.clamp(-1.0, 1.0), [mask, mask * self.inside]
         # start: P_0 of order 0, P_1' of order 1 (each scaled by the triplet mask)
         self.ynorm = ynorm.to(cos.dtype).view(-1, 1)
+        self.norms: list[float] = ynorm.tolist()  # one host sync here, not one per use
         self.num = ynorm.shape[0]
         self.p: list[list[Tensor]] = []
 
@@ -65,6 +69,8 @@ class AngularState:
                     p.append(((2 * n + 1) * c * p[n] - n * p[n - 1]) / (n + 1))
             else:
                 prev = self.p[order - 1]
+                if order == 1 and self.inside is not None:
+                    prev = [q * self.inside for q in prev]
                 zero = torch.zeros_like(c)
                 p = [zero, self.start[1] if order == 1 else zero]
                 for n in range(1, num - 1):
@@ -79,7 +85,7 @@ class AngularState:
     def contract(self, k: int, grad: Tensor) -> Tensor:
         """sum_l grad[:, :, l, :] * derivative(k)[:, :, l, :] -> [N, D_in, D_out], without
         stacking the derivative (one read of grad; not differentiable: explicit forces)."""
-        p, norms = self._order(k), self.ynorm.flatten().tolist()
+        p, norms = self._order(k), self.norms
         out = None
         for order in range(k, self.num):  # P_l^(k) = 0 for l < k
             if out is None:

@@ -84,6 +84,7 @@ def predictions(potential: Potential, data: LabelledSet, *, batch_size: int = 8,
     param = next(potential.parameters())
     for graph, _ in data.batches(batch_size):
         graph = graph.to(param.device, param.dtype)
-        with torch.enable_grad():  # forces need autograd even under no_grad
-            out = potential(graph, stress=stress and bool(graph.cell.abs().sum() > 0))
+        with torch.enable_grad():  # a network without `energy_gradient` needs autograd
+            has_volume = bool((torch.linalg.det(graph.cell).abs() > 1e-12).all())
+            out = potential(graph, stress=stress and has_volume)
         yield graph, out
