@@ -49,3 +49,17 @@ def test_energy_bias_is_prediction_minus_reference():
     after = metrics(evaluate(pot, data))
     assert np.isclose(after["energy_bias"] - before["energy_bias"], 2.0, atol=1e-9)
     assert np.isclose(after["force_mae"], before["force_mae"], rtol=0, atol=1e-12)
+
+
+def test_stress_error_only_where_the_cell_has_a_volume():
+    # a bulk cell and a slab without vacuum (zero third cell vector) in one batch: the bulk's
+    # stress error is the model's stress minus the label, the slab's is NaN, not virial / 1e-12
+    pot = small_potential()
+    bulk, slab = rattled_diamond(seed=1), rattled_diamond(seed=2)
+    slab.pbc, slab.cell[2] = (True, True, False), 0.0
+    data = [label(a.copy(), energy=-4.5 * len(a), forces=np.zeros((len(a), 3)),
+                  stress=np.zeros(6)) for a in (bulk, slab)]
+    ev = evaluate(pot, data)
+    assert np.isfinite(ev.stress_error[0]).all() and np.abs(ev.stress_error[0]).max() > 1e-4
+    assert np.isnan(ev.stress_error[1]).all()
+    assert np.isclose(metrics(ev)["stress_mae"], np.abs(ev.stress_error[0]).mean())

@@ -80,11 +80,14 @@ class LabelledSet:
 def predictions(potential: Potential, data: LabelledSet, *, batch_size: int = 8,
                 stress: bool = False) -> Iterator[tuple[Graph, Prediction]]:
     """`potential` on `data` batch by batch (graphs moved to its device and dtype); stress only
-    when asked for and the batch has cells. Outputs are detached."""
+    when asked for, NaN for structures whose cell has no volume (molecules, slabs with a zero
+    cell vector). Outputs are detached."""
     param = next(potential.parameters())
     for graph, _ in data.batches(batch_size):
         graph = graph.to(param.device, param.dtype)
+        volume = torch.linalg.det(graph.cell).abs() > 1e-12
         with torch.enable_grad():  # a network without `energy_gradient` needs autograd
-            has_volume = bool((torch.linalg.det(graph.cell).abs() > 1e-12).all())
-            out = potential(graph, stress=stress and has_volume)
+            out = potential(graph, stress=stress and bool(volume.any()))
+        if out.stress is not None and not bool(volume.all()):
+            out.stress = out.stress.masked_fill(~volume[:, None, None], float("nan"))
         yield graph, out
