@@ -165,11 +165,9 @@ def reverse_edges(edge_index: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     n = int(max(i.max(), j.max())) + 1
     reach = int(np.abs(s).max())
     span = 2 * reach + 1
-    if n * n * span**3 >= 2**62:  # keys would overflow int64: match rows instead
-        where = {(a, b, *c): e for e, (a, b, c) in enumerate(zip(i.tolist(), j.tolist(),
-                                                                  s.tolist(), strict=True))}
-        return np.array([where.get((b, a, *(-x for x in c)), -1) for a, b, c in
-                         zip(i.tolist(), j.tolist(), s.tolist(), strict=True)], dtype=np.int64)
+    if n * n * span**3 >= 2**62:  # ~10^8 atoms, or images thousands of cells away
+        raise DataError(f"graph too large to pair its edges ({n} atoms, images up to {reach} "
+                        "cells away)")
 
     def key(a: np.ndarray, b: np.ndarray, sh: np.ndarray) -> np.ndarray:
         image = ((sh[:, 0] + reach) * span + sh[:, 1] + reach) * span + sh[:, 2] + reach

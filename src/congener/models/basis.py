@@ -47,14 +47,10 @@ class BesselBasis(nn.Module):
 
     def derivative(self, dist: Tensor) -> Tensor:
         """d/d(dist) of `forward`, [E, num_radial] (closed form; for the explicit forces)."""
-        x = (dist / self.cutoff).unsqueeze(-1)
-        fx = self.freq * x
-        env, denv = torch.zeros_like(x), torch.zeros_like(x)
-        for coef, power in _envelope_terms(self.envelope_exponent):
-            env += coef * x.pow(power)
-            denv += coef * power * x.pow(power - 1)
-        inside = x < 1.0
-        env, denv = env.where(inside, 0.0), denv.where(inside, 0.0)
+        x = dist / self.cutoff
+        env = envelope_derivative(x, self.envelope_exponent, 0).unsqueeze(-1)
+        denv = envelope_derivative(x, self.envelope_exponent, 1).unsqueeze(-1)
+        fx = self.freq * x.unsqueeze(-1)
         return (denv * torch.sin(fx) + env * self.freq * torch.cos(fx)) / self.cutoff
 
 
@@ -111,6 +107,16 @@ def _envelope_terms(exponent: int) -> list[tuple[float, int]]:
     p = exponent + 1
     return [(1.0, -1), (-(p + 1) * (p + 2) / 2, p - 1), (float(p * (p + 2)), p),
             (-p * (p + 1) / 2, p + 1)]
+
+
+def envelope_derivative(x: Tensor, exponent: int, k: int) -> Tensor:
+    """k-th x-derivative of `envelope` (k = 0: the envelope itself), zero for x >= 1."""
+    out = torch.zeros_like(x)
+    for coef, power in _envelope_terms(exponent):
+        c = coef * math.prod(range(power - k + 1, power + 1)) if k else coef
+        if c != 0.0:
+            out += c * x.pow(power - k)
+    return torch.where(x < 1.0, out, torch.zeros_like(x))
 
 
 class _RadialState:
@@ -184,13 +190,7 @@ class _RadialState:
     def envelope_derivative(self, k: int) -> Tensor:
         """k-th x-derivative of the envelope: [E]."""
         if k not in self.env:
-            x = self.x
-            out = torch.zeros_like(x)
-            for coef, power in _envelope_terms(self.basis.envelope_exponent):
-                c = coef * math.prod(range(power - k + 1, power + 1)) if k else coef
-                if c != 0.0:
-                    out += c * x.pow(power - k)
-            self.env[k] = torch.where(x < 1.0, out, torch.zeros_like(x))
+            self.env[k] = envelope_derivative(self.x, self.basis.envelope_exponent, k)
         return self.env[k]
 
     def derivative(self, k: int, dtype: torch.dtype) -> Tensor:

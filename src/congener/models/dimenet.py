@@ -71,11 +71,6 @@ class DimeNetConfig:
 _silu = F.silu
 
 
-def _layer(x: Tensor, lin: nn.Linear) -> Tensor:
-    """Pre-activation of a linear layer (its swish is taken by the caller)."""
-    return F.linear(x, lin.weight, lin.bias)
-
-
 class _Residual(nn.Module):
     """x + swish(lin2(swish(lin1(x)))); its parameters (computed by `_residual`)."""
 
@@ -85,8 +80,8 @@ class _Residual(nn.Module):
 
 
 def _residual(res: _Residual, x: Tensor, kept: list[tuple[Tensor, Tensor]]) -> Tensor:
-    z1 = _layer(x, res.lin1)
-    z2 = _layer(_silu(z1), res.lin2)
+    z1 = res.lin1(x)
+    z2 = res.lin2(_silu(z1))
     kept.append((z1, z2))
     return x + _silu(z2)
 
@@ -181,7 +176,7 @@ def _interaction(blk: _Interaction, m: Tensor, rbf: Tensor, sbf_emb: list[Tensor
     block's lin_sbf1, padded."""
     sbf = [F.linear(e, blk.lin_sbf2.weight) for e in sbf_emb]  # per group [n, L, D, int_emb]
     rbf_proj = F.linear(rbf, blk.rbf_weight())
-    z_ji, z_kj = _layer(m, blk.lin_ji), _layer(m, blk.lin_kj)
+    z_ji, z_kj = blk.lin_ji(m), blk.lin_kj(m)
     a_kj = _silu(z_kj)
     z_down = F.linear(a_kj * rbf_proj, blk.lin_down.weight)
     x_kj = tri.pad_out(_silu(z_down))  # per group [n, D, int_emb]
@@ -191,7 +186,7 @@ def _interaction(blk: _Interaction, m: Tensor, rbf: Tensor, sbf_emb: list[Tensor
     before: list[tuple[Tensor, Tensor]] = []
     for res in blk.before_skip:
         h = _residual(res, h, before)
-    z_lin = _layer(h, blk.lin)
+    z_lin = blk.lin(h)
     h = _silu(z_lin) + m
     after: list[tuple[Tensor, Tensor]] = []
     for res in blk.after_skip:
@@ -258,10 +253,10 @@ class DimeNetPP(nn.Module):
         sbf_emb = [torch.matmul(r, sbf_weight) for r in rad]  # [n, L, D, basis_emb * blocks]
         b = self.cfg.basis_emb
         emb = self.embedding
-        emb_proj = _layer(rbf, emb.lin_rbf)
+        emb_proj = emb.lin_rbf(rbf)
         x = emb.emb(graph.species)
-        emb_z = _layer(torch.cat([x.index_select(0, i), x.index_select(0, j), _silu(emb_proj)],
-                                 -1), emb.lin)
+        pair = [x.index_select(0, i), x.index_select(0, j), _silu(emb_proj)]
+        emb_z = emb.lin(torch.cat(pair, -1))
         kept = Pass(vec, dist, unit, tri, radial, sbf_weight, emb_z, emb_proj)
         m = _silu(emb_z)
         atom_sums = []

@@ -21,6 +21,19 @@ from congener.graph import Graph
 from congener.models.dimenet import MAX_Z
 
 
+def _per_structure(graph: Graph, values: Tensor, owner: Tensor | None = None) -> Tensor:
+    """Sum of `values` [M, ...] per structure -> [B, ...]; `owner` [M] says whose each row
+    is (default: the atoms' structures)."""
+    owner = graph.batch if owner is None else owner
+    return values.new_zeros((graph.n_structures, *values.shape[1:])).index_add_(0, owner, values)
+
+
+def _per_volume(graph: Graph, strain_derivative: Tensor) -> Tensor:
+    """Stress [B, 3, 3] from dE/d(strain): divided by each cell's volume."""
+    volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
+    return strain_derivative / volume[:, None, None]
+
+
 @dataclass
 class Prediction:
     """Output of a potential for a batch of B structures with N atoms.
@@ -102,17 +115,14 @@ class Potential(nn.Module):
         else:
             pos = inputs[0]
         with torch.enable_grad():
-            atomic = self.network(graph, pos, cell)
-            e_net = torch.zeros(graph.n_structures, dtype=atomic.dtype,
-                                device=atomic.device).index_add_(0, graph.batch, atomic)
+            e_net = _per_structure(graph, self.network(graph, pos, cell))
             grads = torch.autograd.grad(e_net.sum(), inputs, create_graph=create_graph)
         if not create_graph:
             e_net = e_net.detach()
         energy = e_net.to(torch.float64) + self.reference_energy(graph)
         out = Prediction(energy=energy, forces=-grads[0])
         if stress:
-            volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
-            out.stress = grads[1] / volume[:, None, None]
+            out.stress = _per_volume(graph, grads[1])
         return out
 
     def _explicit(self, graph: Graph, stress: bool) -> Prediction:
@@ -121,18 +131,15 @@ class Potential(nn.Module):
         derivative sum_e r_e (x) dE/dr_e (edge vectors move as r (1 + strain))."""
         atomic, vec, grad = self.network.energy_gradient(graph, graph.positions, graph.cell)
         i, j = graph.edge_index[0], graph.edge_index[1]
-        e_net = torch.zeros(graph.n_structures, dtype=atomic.dtype,
-                            device=atomic.device).index_add_(0, graph.batch, atomic)
+        e_net = _per_structure(graph, atomic)
         forces = torch.zeros_like(graph.positions).index_add_(0, i, grad).index_add_(
             0, j, grad, alpha=-1.0)
         out = Prediction(energy=e_net.to(torch.float64) + self.reference_energy(graph),
                          forces=forces)
         if stress:
-            virial = torch.zeros(graph.n_structures, 3, 3, dtype=grad.dtype,
-                                 device=grad.device).index_add_(
-                0, graph.batch.index_select(0, i), vec.unsqueeze(2) * grad.unsqueeze(1))
-            volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
-            out.stress = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
+            virial = _per_structure(graph, vec.unsqueeze(2) * grad.unsqueeze(1),
+                                    graph.batch.index_select(0, i))
+            out.stress = _per_volume(graph, 0.5 * (virial + virial.transpose(1, 2)))
         return out
 
     def set_energy_refs(self, refs: dict[str, float]) -> None:

@@ -24,6 +24,11 @@ from torch import Tensor
 from congener.graph import Graph
 
 
+def _join(parts: list[Tensor], dim: int = 0) -> Tensor:
+    """The per-group parts as one tensor (no copy for the usual single group)."""
+    return torch.cat(parts, dim) if len(parts) > 1 else parts[0]
+
+
 def _rank_within(keys: Tensor, n: int) -> Tensor:
     """Position of each element among those with the same key, in index order: [len(keys)]."""
     count = torch.bincount(keys, minlength=n)
@@ -161,7 +166,7 @@ class Triplets:
         n_edges, dev = i.numel(), i.device
         if n_edges and int(reverse.min()) < 0:
             raise ValueError("graph has edges without a reverse edge (build it with build_graph)")
-        self.n_atoms, self.n_edges = n_atoms, n_edges
+        self.n_edges = n_edges
         out_pos = _rank_within(i, n_atoms)
         degree = torch.bincount(i, minlength=n_atoms).clamp_min_(1)
         deg_list = degree.tolist() if n_atoms else [1]
@@ -212,8 +217,7 @@ class Triplets:
     def unpad_out(self, parts: list[Tensor]) -> Tensor:
         """Inverse of `pad_out`: per group [n, D, ...] -> [E, ...] (padding dropped)."""
         shape = parts[0].shape[2:]
-        flat = [q.reshape(-1, *shape) for q in parts]
-        flat = torch.cat(flat) if len(flat) > 1 else flat[0]
+        flat = _join([q.reshape(-1, *shape) for q in parts])
         return flat if self.out_identity else flat.index_select(0, self.out_slot)
 
     def set_angles(self, unit: Tensor, ynorm: Tensor) -> None:
@@ -245,8 +249,8 @@ class Triplets:
 
     def unpad_radial(self, parts: list[Tensor]) -> Tensor:
         """Inverse of `radial`: per group [n, L, D, R] -> [L, R, E]."""
-        flat = [q.permute(1, 3, 0, 2).reshape(q.shape[1], q.shape[3], -1) for q in parts]
-        flat = torch.cat(flat, 2) if len(flat) > 1 else flat[0]
+        flat = _join([q.permute(1, 3, 0, 2).reshape(q.shape[1], q.shape[3], -1)
+                      for q in parts], 2)
         return flat if self.out_identity else flat.index_select(2, self.out_slot)
 
     def messages(self, sbf: list[Tensor], x_kj: list[Tensor]) -> list[Tensor]:
@@ -259,8 +263,7 @@ class Triplets:
         """The triplet sum into each edge ji: cbf @ messages per group, [E, C]."""
         c = messages[0].shape[-1]
         out = [torch.bmm(cbf, h).view(-1, c) for cbf, h in zip(self.cbf, messages, strict=True)]
-        agg = torch.cat(out) if len(out) > 1 else out[0]
-        return agg.index_select(0, self.in_slot)
+        return _join(out).index_select(0, self.in_slot)
 
     def pad_rows(self, g: Tensor) -> list[Tensor]:
         """Inverse of `aggregate`'s last step for gradients: [E, C] per edge ji -> per group
