@@ -14,9 +14,8 @@ it finishes, so an interrupted generation resumes and skips the finished tempera
 from __future__ import annotations
 
 import json
-import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from congener.data.stillinger_weber import load_sw_params, resolve_params_path
 from congener.data.structures import label, read_structures, write_structures
 from congener.data.sw_protocol import SWProtocol
 from congener.errors import ConfigError, CongenerError, DataError
+from congener.files import folder_lock, write_text
+from congener.parallel import worker_pool
 
 GROUP = "SW-MD"
 MANIFEST = "manifest.json"
@@ -170,7 +171,7 @@ def _check_workdir(workdir: Path, manifest: dict) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / MANIFEST
     if not path.is_file():
-        path.write_text(json.dumps(settings, indent=1))
+        write_text(path, json.dumps(settings, indent=1))
         return
     try:
         stored = json.loads(path.read_text())
@@ -203,15 +204,16 @@ def generate_sw_data(
         raise ConfigError(f"workers must be >= 1 (got {workers})")
     path = resolve_params_path(element, params_path).resolve()
     workdir = Path(workdir)
-    _check_workdir(workdir, _manifest(element, path, protocol, seed))
-    jobs = [_Job(element, str(path), protocol, t, seed, str(temperature_file(workdir, t)))
-            for t in protocol.temperatures_K]
-    pending = [j for j in jobs if not Path(j.out_path).is_file()]
-    for job in jobs:
-        if job not in pending and progress is not None:
-            progress(job.temperature_K, protocol.n_samples)
-    _run_jobs(pending, workers, progress)
-    return [a for job in jobs for a in read_structures(job.out_path)]
+    with folder_lock(workdir, f"the SW work folder {workdir}"):  # a rerun never races another
+        _check_workdir(workdir, _manifest(element, path, protocol, seed))
+        jobs = [_Job(element, str(path), protocol, t, seed, str(temperature_file(workdir, t)))
+                for t in protocol.temperatures_K]
+        pending = [j for j in jobs if not Path(j.out_path).is_file()]
+        for job in jobs:
+            if job not in pending and progress is not None:
+                progress(job.temperature_K, protocol.n_samples)
+        _run_jobs(pending, workers, progress)
+        return [a for job in jobs for a in read_structures(job.out_path)]
 
 
 def _run_jobs(jobs: Sequence[_Job], workers: int, progress: Progress | None) -> None:
@@ -221,8 +223,7 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, progress: Progress | None) -> 
             if progress is not None:
                 progress(*done)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+    with worker_pool(min(workers, len(jobs))) as pool:  # workers die with this process
         futures: set[Future] = {pool.submit(_run_and_write, job) for job in jobs}
         while futures:
             finished, futures = wait(futures, return_when=FIRST_EXCEPTION)
