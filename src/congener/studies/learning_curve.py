@@ -19,9 +19,8 @@ import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,11 @@ import numpy as np
 from congener.data.split import nested_subsets, split_structures
 from congener.data.structures import read_structures, write_structures
 from congener.errors import ConfigError, CongenerError, DataError
+from congener.files import folder_lock, write_json
+from congener.parallel import worker_pool
 from congener.runtime import available_cores
 from congener.studies.config import Mode, RunSpec, StudyConfig, config_from_dict
+from congener.studies.preflight import preflight
 from congener.studies.sources import load_spec
 
 RunDone = Callable[["RunSpec", dict[str, Any]], None]
@@ -80,6 +82,9 @@ def prepare_data(cfg: StudyConfig, study_dir: Path, *, workers: int = 1,
             parts = split_structures(pool, test=test_size, seed=12345,
                                      stratify="temperature" if stratified else None)
             pool, test = parts["train"], parts["test"]
+        if not test or not pool:  # preflight refuses such plans; never keep an empty split
+            raise DataError(f"the target data split into {len(pool)} pool and {len(test)} test "
+                            "structures; both must hold some")
         write_structures(paths["target_test"], test)
         write_structures(paths["target_pool"], pool)
     needs_source = cfg.source.model is None and any(m != Mode.scratch for m in cfg.modes)
@@ -207,7 +212,7 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
             done(spec, res, error)
         return results
     threads = max(1, available_cores() // cfg.workers)
-    with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+    with worker_pool(cfg.workers) as pool:  # workers die with this process
         futures = {pool.submit(run_one, str(study_dir), cfg_dict, asdict(s), threads): s
                    for s in pending}
         for future in as_completed(futures):
@@ -255,11 +260,16 @@ def finished(study_dir: Path, specs: Sequence[RunSpec]) -> list[tuple[RunSpec, d
 
 def report_only(cfg: StudyConfig, study_dir: str | Path) -> tuple[Path, int]:
     """Write the report from the runs finished so far (no training); returns (path, count)."""
-    from congener.studies.report import write_report
-
     study_dir = Path(study_dir)
     if not (study_dir / "data" / "target_pool.extxyz").is_file():
         raise DataError(f"{study_dir} holds no study data yet")
+    with folder_lock(study_dir, f"study {study_dir}"):  # not while a run writes its files
+        return _report_only(cfg, study_dir)
+
+
+def _report_only(cfg: StudyConfig, study_dir: Path) -> tuple[Path, int]:
+    from congener.studies.report import write_report
+
     check_settings(cfg, study_dir)  # a report under the study's own settings, not the defaults
     specs = plan_runs(cfg, read_structures(study_dir / "data" / "target_pool.extxyz"))
     results = finished(study_dir, specs)
@@ -293,15 +303,24 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
     Callbacks: `log(message)`; `on_start(phase, n_runs)` before the runs of a phase
     ("search", "runs"); `on_done(spec, metrics)` per run (finished ones too, read back);
     `on_epoch(row)` per epoch of the source model."""
-    from congener.studies.report import write_report
-    from congener.studies.run import check_source_architecture, train_source
+    from congener.studies.run import check_source_architecture
 
     study_dir = Path(study_dir)
     if cfg.source.model and any(m != Mode.scratch for m in cfg.modes):
         check_source_architecture(cfg)  # before any settings are stored
-    study_dir.mkdir(parents=True, exist_ok=True)
-    check_settings(cfg, study_dir)
-    (study_dir / "config.json").write_text(json.dumps(cfg.stored(), indent=2))
+    with folder_lock(study_dir, f"study {study_dir}"):
+        check_settings(cfg, study_dir)
+        preflight(cfg, study_dir)  # the plan against the data, before anything runs
+        write_json(study_dir / "config.json", cfg.stored())
+        return _run_locked(cfg, study_dir, log, on_done, on_epoch, on_start)
+
+
+def _run_locked(cfg: StudyConfig, study_dir: Path, log: Callable[[str], None] | None,
+                on_done: RunDone | None, on_epoch: Callable[[dict[str, float]], None] | None,
+                on_start: Callable[[str, int], None] | None) -> Path:
+    from congener.studies.report import write_report
+    from congener.studies.run import train_source
+
     say = log or (lambda _msg: None)
     prepare_data(cfg, study_dir, workers=max(cfg.workers, available_cores()), progress=say)
     source = {}

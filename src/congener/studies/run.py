@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from congener import files
 from congener.analysis.errors import breakdown, evaluate, force_mae_per_structure, metrics
 from congener.data.structures import elements_of, file_hash_of, read_structures
 from congener.errors import ConfigError
@@ -115,7 +116,7 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     set_threads(threads or None)  # the start (a scale fit) runs on the run's share of cores
     potential, start = _initial_model(cfg, spec.mode, root, elements_of(pool), spec.seed, train,
                                       run_dir)
-    (run_dir / "config.json").write_text(json.dumps(
+    files.write_text(run_dir / "config.json", json.dumps(
         {"run": asdict(spec), "train": asdict(tcfg), "model": asdict(potential.network.cfg),
          "frozen": start.get("frozen", []), "lr_scales": start.get("lr_scales"),
          "scales": start.get("scales")}, indent=2, default=str))
@@ -138,8 +139,7 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
 
 
 def write_json(path: Path, data: dict[str, Any], indent: int | None = 2) -> None:
-    """Write atomically (a temporary file, then a rename): the files that mark finished work
-    (metrics.json, cached validation results) are never left half-written by an interrupt."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=indent))
-    tmp.replace(path)
+    """Write atomically (`congener.files.atomic_write`): the files that mark finished work
+    (metrics.json, cached validation results) are never left half-written by an interrupt, and
+    a failed write (a full disk) leaves no temporary behind. NaN is kept (read back as float)."""
+    files.write_json(path, data, indent, strict=False)
