@@ -1,6 +1,12 @@
 """Exception family. The CLI turns any `CongenerError` into one line and a nonzero exit."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class CongenerError(Exception):
     """Base class of every error congener raises on purpose."""
 
@@ -19,3 +25,7 @@ class CheckpointError(CongenerError):
 
 class SimulationUnstable(CongenerError):
     """A simulation or training run produced NaN/Inf or unphysical configurations."""
+
+
+class CongenerWarning(UserWarning):
+    """Something a user should know that does not stop the work (the CLI prints one line)."""

@@ -7,12 +7,14 @@ Each command group lives in its own module and registers itself on `cli`. Any
 
 from __future__ import annotations
 
+import errno
 import sys
+import warnings
 
 import click
 
 from congener import __version__
-from congener.errors import CongenerError
+from congener.errors import CongenerError, CongenerWarning
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,9 +42,32 @@ def _register() -> None:
     from congener.cli import study as _study  # noqa: F401
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what failed and on which file."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    names = [n for n in (exc.filename, exc.filename2) if n]
+    hint = {errno.ENOSPC: " (the disk is full: free space and run again; finished work is "
+                          "kept)",
+            errno.EACCES: " (no permission)", errno.EROFS: " (read-only file system)",
+            errno.EPERM: " (not permitted: an immutable file or folder?)"}.get(exc.errno, "")
+    return f"{what}: {' -> '.join(map(str, names))}{hint}" if names else f"{what}{hint}"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of congener as one `warning:` line; others as Python shows them."""
+    if issubclass(category, CongenerWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `congener` console script."""
     _register()
+    warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="congener", standalone_mode=False)
     except click.exceptions.Abort:
@@ -54,10 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     except CongenerError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
+    except OSError as exc:  # a folder that cannot be written, a full disk, a file for a folder
+        click.echo(f"error: {os_error_line(exc)}", err=True)
+        return 2
+    except MemoryError:
+        click.echo("error: out of memory: use a smaller cutoff, batch size or system, or a "
+                   "machine with more memory; finished work is kept", err=True)
+        return 2
     except KeyboardInterrupt:
         click.echo("interrupted: finished work is kept; run the same command again to resume",
                    err=True)
         return 130
+    finally:
+        warnings.showwarning = _python_showwarning
     return 0
 
 

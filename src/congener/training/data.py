@@ -41,6 +41,7 @@ class LabelledSet:
         if not structures:
             raise DataError(f"{name} holds no structures")
         validate(structures, where=name)
+        self.name = name
         self.structures = list(structures)
         self.graphs = GraphCache(self.structures, cutoff)
         self.energy = torch.tensor([energy_of(a) for a in structures], dtype=torch.float64)

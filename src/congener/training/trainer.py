@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from congener.errors import CheckpointError, SimulationUnstable
+from congener.errors import CheckpointError, ConfigError, SimulationUnstable, first_line
+from congener.files import folder_lock
 from congener.models.checkpoint import save_atomic, save_potential
 from congener.models.potential import Potential
 from congener.runtime import resolve_device, resolve_dtype, set_threads, tune_allocator
+from congener.training.checks import check_training_data
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
 from congener.training.losses import loss
@@ -70,6 +72,9 @@ def _optimizer(potential: Potential, cfg: TrainConfig, lr_scales: dict[str, floa
     for name, p in potential.named_parameters():
         if p.requires_grad:
             groups.setdefault((lr_scales or {}).get(name, 1.0), []).append(p)
+    if not groups:
+        raise ConfigError("every parameter is frozen: nothing would be trained; freeze fewer "
+                          "parts")
     return torch.optim.Adam([{"params": ps, "lr": cfg.lr * s, "scale": s}
                              for s, ps in groups.items()])
 
@@ -97,9 +102,12 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
                  opt: torch.optim.Optimizer, rng: np.random.Generator, epoch: int,
                  ema: AveragedModel | None) -> dict[str, float]:
     param = next(potential.parameters())
-    sums, count = np.zeros(3), 0
+    sums, count = np.zeros(4), 0
     step = epoch * math.ceil(len(data) / cfg.batch_size)  # updates before this epoch
-    for graph, ref in data.batches(cfg.batch_size, rng.permutation(len(data))):
+    order = rng.permutation(len(data)).tolist()
+    for start in range(0, len(order), cfg.batch_size):
+        indices = order[start:start + cfg.batch_size]
+        graph, ref = data.batch(indices)
         graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
         if step <= cfg.warmup_steps:  # in the warm-up (its last step restores the schedule)
             _set_lr(opt, cfg, epoch, step)
@@ -109,7 +117,7 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
         terms = loss(pred, ref, cfg)
         if not torch.isfinite(terms.total):
             raise SimulationUnstable(f"training loss became {float(terms.total.detach())} at epoch "
-                                     f"{epoch}")
+                                     f"{epoch}{_culprits(pred, data, indices)}")
         # Only parameter gradients: skips the unused second derivative w.r.t. positions.
         terms.total.backward(inputs=[p for p in potential.parameters() if p.requires_grad])
         if cfg.grad_clip > 0:
@@ -118,10 +126,31 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
         if ema is not None:
             ema.update_parameters(potential)
         n = len(ref.energy)
-        sums += n * np.array([float(terms.total.detach()), terms.energy_mse, terms.force_mse])
+        sums += n * np.array([float(terms.total.detach()), terms.energy_mse, terms.force_mse,
+                              terms.stress_mse])
         count += n
-    return dict(zip(("train_loss", "train_energy_mse", "train_force_mse"), sums / count,
-                    strict=True))
+    names = ("train_loss", "train_energy_mse", "train_force_mse", "train_stress_mse")
+    row = dict(zip(names, sums / count, strict=True))
+    if cfg.stress_weight == 0:
+        del row["train_stress_mse"]
+    return row
+
+
+def _culprits(pred: Any, data: LabelledSet, indices: list[int]) -> str:
+    """Which structures of a batch gave non-finite predictions, with their shortest
+    interatomic distance (two atoms on top of each other are the usual cause)."""
+    from congener.data.structures import shortest_distance
+
+    energy = pred.energy.detach().cpu().numpy()
+    finite_atoms = np.isfinite(pred.forces.detach().cpu().numpy()).all(axis=1)
+    starts = np.cumsum([0, *data.n_atoms[indices].tolist()[:-1]])
+    bad = ~np.isfinite(energy) | ~np.logical_and.reduceat(finite_atoms, starts)
+    names = [f"structure {indices[k]} ({data.structures[indices[k]].get_chemical_formula()}, "
+             f"shortest interatomic distance {shortest_distance(data.structures[indices[k]]):.3g}"
+             " Å)" for k in np.flatnonzero(bad).tolist()]
+    if not names:
+        return " (the predictions are finite: the loss overflowed; lower the learning rate)"
+    return f": non-finite predictions for {data.name} " + ", ".join(names)
 
 
 def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainConfig, *,
@@ -133,16 +162,24 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     parameter names to learning-rate factors (soft freezing). The energy references are fitted
     by least squares on `train` before training and refitted to the kept weights after it (see
     `_finish`). With `run_dir`, checkpoints are written every epoch and an interrupted run
-    resumes from them.
+    resumes from them; the folder is locked while the run trains (a second process gets one
+    line naming the first).
     """
+    check_training_data(potential, train, val, cfg)
+    if run_dir is None:
+        return _fit(potential, train, val, cfg, None, lr_scales, metadata, callback)
+    with folder_lock(run_dir, f"run folder {run_dir}"):
+        return _fit(potential, train, val, cfg, Path(run_dir), lr_scales, metadata, callback)
+
+
+def _fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainConfig,
+         run_dir: Path | None, lr_scales: dict[str, float] | None,
+         metadata: dict[str, Any] | None, callback: Callback | None) -> TrainResult:
     tune_allocator()
     set_threads(cfg.threads or None)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
     torch.manual_seed(cfg.seed)
     potential.to(device=device, dtype=dtype)
-    run_dir = Path(run_dir) if run_dir else None
-    if run_dir:
-        run_dir.mkdir(parents=True, exist_ok=True)
     # Energy mode learns on top of the references; in force-only mode fitting them first makes
     # validation energies meaningful. Both modes refit them after training (`_finish`).
     fit_energy_refs(potential, train)
@@ -156,8 +193,8 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     if run_dir and (run_dir / "last.pt").exists():
         state, rng = _resume(run_dir / "last.pt", potential, opt, cfg, ema, identity)
     best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
-    if run_dir and (run_dir / "best_state.pt").exists():
-        best_state = _load_best_state(run_dir / "best_state.pt")
+    if run_dir and state["best_epoch"] >= 0:
+        best_state = _load_best_state(run_dir)
     start = time.perf_counter() - state["seconds"]
     for epoch in range(state["epoch"], cfg.epochs):
         if state.get("stopped"):  # an early-stopped run that is rerun stays stopped
@@ -234,12 +271,23 @@ def _stop_unstable(exc: SimulationUnstable, potential: Potential, train: Labelle
                              f"kept{kept}") from exc
 
 
-def _load_best_state(path: Path) -> dict:
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {path}: {str(exc).splitlines()[0][:160]}; delete "
-                              "the run folder to start over") from exc
+def _load_best_state(run_dir: Path) -> dict:
+    """The best weights so far: `best_state.pt`, or the same weights in `best.pt` when that
+    file is unreadable (cut off by a full disk or a copy)."""
+    errors = []
+    for name in ("best_state.pt", "best.pt"):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            payload = torch.load(path, weights_only=True)
+            return payload["state_dict"] if name == "best.pt" else payload
+        except Exception as exc:
+            errors.append(f"{name}: {first_line(exc, 100)}")
+    raise CheckpointError(f"cannot read the best weights of {run_dir} ({'; '.join(errors)}); "
+                          "delete best_state.pt and best.pt to continue from last.pt (the best "
+                          "epoch is then chosen among the epochs still to come), or the run "
+                          "folder to start over")
 
 
 def _checkpoint(run_dir: Path, potential: Potential, opt: torch.optim.Optimizer,
@@ -301,7 +349,7 @@ def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 
 def _cannot_resume(path: Path, exc: Exception) -> CheckpointError:
-    return CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0][:160]}; "
+    return CheckpointError(f"cannot resume from {path}: {first_line(exc, 160)}; "
                            "delete the run folder to start over")
 
 
