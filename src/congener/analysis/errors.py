@@ -11,6 +11,7 @@ import torch
 from ase import Atoms
 from ase.units import GPa
 
+from congener.errors import DataError
 from congener.models.potential import Potential
 from congener.training.data import LabelledSet, predictions
 
@@ -22,7 +23,9 @@ class Evaluation:
     energy_error [S] eV/atom (pred - ref), force_error [N,3] eV/Å, stress_error [S,3,3] GPa
     (NaN where a structure carries no stress), atom_structure [N] structure index per atom,
     groups [S], temperatures [S] (NaN when unknown), e_ref/e_pred [S] eV/atom,
-    f_ref/f_pred [N,3] eV/Å (for parity plots).
+    f_ref/f_pred [N,3] eV/Å (for parity plots). A structure whose predicted energy or any
+    predicted force is not finite (e.g. two overlapping atoms) is left out of `metrics`;
+    `finite` tells which.
     """
 
     energy_error: np.ndarray
@@ -35,6 +38,14 @@ class Evaluation:
     e_pred: np.ndarray
     f_ref: np.ndarray
     f_pred: np.ndarray
+
+    @property
+    def finite(self) -> np.ndarray:
+        """[S] bool: True where the structure's energy error and every force error is
+        finite."""
+        ok = np.isfinite(self.energy_error)
+        ok[self.atom_structure[~np.isfinite(self.force_error).all(axis=1)]] = False
+        return ok
 
 
 def evaluate(potential: Potential, structures: Sequence[Atoms] | LabelledSet, *,
@@ -70,14 +81,19 @@ def metrics(ev: Evaluation, mask: np.ndarray | None = None) -> dict[str, float]:
 
     `mask` [S] selects structures. A bias per group or temperature that is not small next to
     that group's MAE is systematic: the model shifts that family as a whole.
+    Structures with non-finite predictions (`Evaluation.finite`) are left out: "n" counts
+    the structures in the means, "n_nonfinite" those left out (NaN means if none is left).
     """
-    mask = np.ones(len(ev.energy_error), dtype=bool) if mask is None else mask
-    de = ev.energy_error[mask] * 1000
-    df = ev.force_error[mask[ev.atom_structure]]
-    ds = ev.stress_error[mask]
+    mask = np.ones(len(ev.energy_error), dtype=bool) if mask is None else np.asarray(mask)
+    finite = ev.finite
+    keep = mask & finite
+    de = ev.energy_error[keep] * 1000
+    df = ev.force_error[keep[ev.atom_structure]]
+    ds = ev.stress_error[keep]
     ds = ds[np.isfinite(ds)]
     def mean(x): return float(np.mean(x)) if x.size else float("nan")
-    return {"n": int(mask.sum()), "energy_mae": mean(np.abs(de)),
+    return {"n": int(keep.sum()), "n_nonfinite": int((mask & ~finite).sum()),
+            "energy_mae": mean(np.abs(de)),
             "energy_rmse": mean(de**2) ** 0.5, "energy_bias": mean(de),
             "force_mae": mean(np.abs(df)), "force_rmse": mean(df**2) ** 0.5,
             "stress_mae": mean(np.abs(ds)), "stress_rmse": mean(ds**2) ** 0.5}
@@ -110,17 +126,22 @@ def parity_plot(ev: Evaluation, path: str, *, title: str = "") -> str:
     import matplotlib.pyplot as plt
 
     m = metrics(ev)
+    keep = ev.finite  # non-finite predictions are left out, as in the metrics
+    e_ref, e_pred = ev.e_ref[keep], ev.e_pred[keep]
+    f_ref, f_pred = ev.f_ref[keep[ev.atom_structure]], ev.f_pred[keep[ev.atom_structure]]
+    if not len(e_ref):
+        raise DataError("no structure has finite predictions: nothing to plot")
     fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(9, 4.2))
-    groups = np.array(ev.groups)
-    for g in sorted(set(ev.groups)):
-        ax_e.scatter(ev.e_ref[groups == g], ev.e_pred[groups == g], s=10, label=g)
-    lim = [min(ev.e_ref.min(), ev.e_pred.min()), max(ev.e_ref.max(), ev.e_pred.max())]
+    groups = np.array(ev.groups)[keep]
+    for g in sorted(set(groups.tolist())):
+        ax_e.scatter(e_ref[groups == g], e_pred[groups == g], s=10, label=g)
+    lim = [min(e_ref.min(), e_pred.min()), max(e_ref.max(), e_pred.max())]
     ax_e.plot(lim, lim, "k--", lw=0.8)
     ax_e.set(xlabel="reference energy (eV/atom)", ylabel="predicted energy (eV/atom)",
              title=f"energy MAE {m['energy_mae']:.2f} meV/atom")
     ax_e.legend(fontsize=7)
-    ax_f.scatter(ev.f_ref.ravel(), ev.f_pred.ravel(), s=2, alpha=0.3)
-    lim = [ev.f_ref.min(), ev.f_ref.max()]
+    ax_f.scatter(f_ref.ravel(), f_pred.ravel(), s=2, alpha=0.3)
+    lim = [f_ref.min(), f_ref.max()]
     ax_f.plot(lim, lim, "k--", lw=0.8)
     ax_f.set(xlabel="reference force (eV/Å)", ylabel="predicted force (eV/Å)",
              title=f"force MAE {m['force_mae']:.3f} eV/Å")

@@ -109,13 +109,19 @@ def mlearn_command(path: str, output: str, split: str, no_surfaces: bool) -> Non
 
 @data.command("info", short_help="Summarize structure files.")
 @click.argument("files", nargs=-1, required=True)
-def info_command(files: tuple[str, ...]) -> None:
-    """Counts by group and temperature, sizes, elements, energy and force ranges."""
+@click.option("--min-distance", type=float, default=0.5, show_default=True,
+              help="Flag structures with two atoms closer than this (Å, periodic images "
+                   "included); the default lies below any chemical bond (H2: 0.74 Å).")
+def info_command(files: tuple[str, ...], min_distance: float) -> None:
+    """Counts by group and temperature, sizes, elements, energy and force ranges, the shortest
+    interatomic distance, and the structures with overlapping atoms."""
     from congener.data.structures import read_structures
     from congener.data.summary import summarize
 
+    if not min_distance >= 0:
+        raise ConfigError(f"--min-distance must be a distance >= 0 in Å (got {min_distance})")
     for name in files:
-        summary = summarize(read_structures(name))
+        summary = summarize(read_structures(name), min_distance=min_distance)
         click.echo(f"{name}:")
         for line in summary.lines():
             click.echo(f"  {line}")
@@ -129,9 +135,13 @@ def _size(text: str | None, name: str) -> int | float | None:
     except ValueError:
         pass
     try:
-        return float(text)
+        value = float(text)
     except ValueError as exc:
         raise ConfigError(f"--{name} must be a count or a fraction (got {text!r})") from exc
+    if not 0.0 <= value < 1.0:  # negative, >= 1 (a count written as 5.0), NaN, inf
+        raise ConfigError(f"--{name} as a fraction must lie in (0, 1) (got {text}); write a "
+                          "count as an integer")
+    return value
 
 
 @data.command("split", short_help="Split a structure file into train/val/test.")
@@ -146,13 +156,16 @@ def _size(text: str | None, name: str) -> int | float | None:
               help="Prefix: writes PREFIX_train.extxyz, PREFIX_val.extxyz, PREFIX_test.extxyz.")
 def split_command(file: str, train: str | None, val: str, test: str, seed: int,
                   stratify: str | None, prefix: str) -> None:
-    """Split a structure file reproducibly (same seed, same split); empty parts are skipped."""
+    """Split a structure file reproducibly (same seed, same split). A part asked for (the
+    training part always, val or test when not 0) must get at least one structure, in every
+    stratum with --stratify; val and test of 0 are not written."""
     from congener.data.split import split_structures
     from congener.data.structures import read_structures, write_structures
 
-    parts = split_structures(read_structures(file), train=_size(train, "train"),
-                             val=_size(val, "val"), test=_size(test, "test"), seed=seed,
-                             stratify=stratify)
+    sizes = {"train": _size(train, "train"), "val": _size(val, "val"),
+             "test": _size(test, "test")}
+    parts = split_structures(read_structures(file), **sizes, seed=seed, stratify=stratify,
+                             nonempty=True, names=("--train", "--val", "--test"))
     base = prefix.removesuffix(".extxyz")
     for name, structures in parts.items():
         if structures:

@@ -231,26 +231,62 @@ def _scales(potential, train, value: str):
 @click.option("--by", type=click.Choice(["group", "temperature", "none"]), default="group",
               show_default=True, help="Break errors down by this key.")
 @click.option("--plot", default=None, help="Write energy/force parity plots to this PNG.")
-@click.option("--json", "json_out", default=None, help="Write the metrics to this JSON file.")
+@click.option("--json", "json_out", default=None,
+              help="Write the metrics to this JSON file (strict JSON: null for a metric "
+                   "without data; `nonfinite_structures` lists structures left out).")
 def evaluate_command(model, data, by, plot, json_out):
-    """Energy, force and stress errors of MODEL on DATA files."""
+    """Energy, force and stress errors of MODEL on DATA files.
+
+    Structures whose predictions are not finite (e.g. overlapping atoms) are named in a
+    warning and left out of the means; if no structure is finite, that is an error."""
+    import math
+
+    import numpy as np
+
     from congener.analysis.errors import breakdown, evaluate, metrics, parity_plot
-    from congener.data.structures import read_structures
+    from congener.data.structures import read_structures, shortest_distance
+    from congener.errors import DataError
     from congener.models.checkpoint import load_potential
 
     potential = load_potential(model, dtype=__import__("torch").float64)
-    structures = [a for f in data for a in read_structures(f)]
+    structures, origins = [], []  # origins: (file, index in the file) of each structure
+    for f in data:
+        read = read_structures(f)
+        structures += read
+        origins += [(f, k) for k in range(len(read))]
     ev = evaluate(potential, structures)
+    bad = np.flatnonzero(~ev.finite).tolist()
+    if bad:
+        listed = "; ".join(f"{origins[k][0]} structure {origins[k][1]} (shortest distance "
+                           f"{shortest_distance(structures[k]):.3g} Å)" for k in bad[:20])
+        listed += f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+        what = (f"{len(bad)} of {len(structures)} structures have non-finite predicted "
+                f"energies or forces")
+        if len(bad) == len(structures):
+            raise DataError(f"all {what}, no metric can be computed: {listed}")
+        click.echo(f"warning: {what}, left out of the means: {listed}", err=True)
     rows = {"all": metrics(ev)} | ({} if by == "none" else breakdown(ev, by))
+    out_col = f" {'left out':>8}" if bad else ""
     click.echo(f"{by if by != 'none' else '':>14} {'n':>5} {'E MAE':>9} {'E RMSE':>9} "
-               f"{'E bias':>9} {'F MAE':>8} {'F RMSE':>8} {'S MAE':>7}")
+               f"{'E bias':>9} {'F MAE':>8} {'F RMSE':>8} {'S MAE':>7}{out_col}")
     click.echo(f"{'':>14} {'':>5} {'meV/at':>9} {'meV/at':>9} {'meV/at':>9} {'eV/Å':>8} "
-               f"{'eV/Å':>8} {'GPa':>7}")
+               f"{'eV/Å':>8} {'GPa':>7}{' ' * len(out_col)}")
     for key, m in rows.items():
         click.echo(f"{key:>14} {m['n']:5d} {m['energy_mae']:9.2f} {m['energy_rmse']:9.2f} "
                    f"{m['energy_bias']:+9.2f} {m['force_mae']:8.4f} {m['force_rmse']:8.4f} "
-                   f"{m['stress_mae']:7.3f}")
+                   f"{m['stress_mae']:7.3f}" + (f" {m['n_nonfinite']:8d}" if bad else ""))
+    if bad:
+        click.echo(f"left out of the means: {len(bad)} structure(s) with non-finite "
+                   "predictions (listed in the warning)")
     if plot:
         click.echo(f"parity plot: {parity_plot(ev, plot, title=Path(model).name)}")
     if json_out:
-        Path(json_out).write_text(json.dumps(rows, indent=2))
+        def strict(value):  # JSON has no NaN or inf: null instead
+            if isinstance(value, dict):
+                return {k: strict(v) for k, v in value.items()}
+            return None if isinstance(value, float) and not math.isfinite(value) else value
+        result = strict(rows)
+        if bad:
+            result["nonfinite_structures"] = [{"file": str(origins[k][0]),
+                                               "index": origins[k][1]} for k in bad]
+        Path(json_out).write_text(json.dumps(result, indent=2, allow_nan=False))

@@ -41,34 +41,70 @@ class Split:
         return {name: [items[i] for i in getattr(self, name)] for name in ("train", "val", "test")}
 
 
-def _count(size: Size, n: int, name: str) -> int:
+NAMES = ("train", "val", "test")
+
+
+def _count(size: Size, n: int, name: str, nonempty: bool = False) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, float)):
         raise ConfigError(f"{name} must be a count or a fraction (got {size!r})")
     if isinstance(size, int):
         if size < 0:
             raise ConfigError(f"{name} must be >= 0 (got {size})")
         return size
+    if nonempty and size != 0 and not 0.0 < size < 1.0:
+        raise ConfigError(f"{name} as a fraction must lie in (0, 1) (got {size}); write a "
+                          "count as an integer")
     if not 0.0 <= size <= 1.0:
         raise ConfigError(f"{name} as a fraction must lie in [0, 1] (got {size})")
     return round(size * n)
 
 
 def subset_counts(
-    n: int, *, train: Size, val: Size, test: Size, where: str = ""
+    n: int, *, train: Size, val: Size, test: Size, where: str = "", nonempty: bool = False,
+    names: tuple[str, str, str] = NAMES,
 ) -> tuple[int, int, int]:
-    """Counts (train, val, test) for `n` items; `DataError` if they need more than `n`."""
-    fractions = [x for x in (train, val, test) if isinstance(x, float)]
-    if sum(fractions) > 1.0 + 1e-9:
-        raise ConfigError(f"fractions sum to {sum(fractions):g} > 1")
-    n_val, n_test = _count(val or 0, n, "val"), _count(test or 0, n, "test")
-    n_train = n - n_val - n_test if train is None else _count(train, n, "train")
+    """Counts (train, val, test) for `n` items; `DataError` if they need more than `n`.
+
+    `nonempty`: the sizes come from a user who wants every part asked for: the training part
+    (given or the rest) and every non-zero val or test size must give at least one structure
+    here (a fraction that rounds to 0 is refused), and fractions must lie in (0, 1).
+    `names` name the three sizes in messages (e.g. the command-line options).
+    """
+    fractions = [(name, x) for name, x in zip(names, (train, val, test), strict=True)
+                 if isinstance(x, float)]
+    if sum(x for _, x in fractions) > 1.0 + 1e-9:
+        given = " + ".join(f"{name} {x:g}" for name, x in fractions)
+        raise ConfigError(f"fractions {given} sum to {sum(x for _, x in fractions):g} > 1")
+    if nonempty and not isinstance(train, bool) and train is not None and train == 0:
+        raise ConfigError(f"{names[0]} {train} asks for an empty training part; give a count "
+                          "or a fraction, or leave it out for all the rest")
+    n_val = _count(val or 0, n, names[1], nonempty)
+    n_test = _count(test or 0, n, names[2], nonempty)
+    n_train = n - n_val - n_test if train is None else _count(train, n, names[0], nonempty)
     if isinstance(train, float) and n_train + n_val + n_test > n:
         n_train = n - n_val - n_test  # rounding of fractions that sum to 1
+    where = f" in {where}" if where else ""
     if n_train < 0 or n_train + n_val + n_test > n:
-        where = f" in {where}" if where else ""
-        raise DataError(f"cannot take {max(n_train, 0)} train + {n_val} val + {n_test} test "
-                        f"from {n} structures{where}")
+        taken = " + ".join(f"{name} {k}" for name, k, size in
+                           zip(names, (max(n_train, 0), n_val, n_test), (train, val, test),
+                               strict=True) if k or (size is not None and size != 0))
+        raise DataError(f"cannot take {taken} from {n} structures{where}")
+    if nonempty:
+        asked = (train is None or train != 0, val not in (None, 0), test not in (None, 0))
+        for name, k, size, wanted in zip(names, (n_train, n_val, n_test), (train, val, test),
+                                         asked, strict=True):
+            if k == 0 and wanted:
+                asked = "all the rest" if size is None else f"{size}"
+                raise DataError(f"{name} {asked} gives 0 of the {n} structures{where}"
+                                f"{_rounding(size, n)}; ask for at least 1 structure"
+                                f"{' per stratum' if where else ''}")
     return n_train, n_val, n_test
+
+
+def _rounding(size: Size, n: int) -> str:
+    if isinstance(size, float):
+        return f" ({size:g} x {n} rounds to 0)"
+    return ""
 
 
 def random_split(n: int, *, train: Size = None, val: Size = 0, test: Size = 0,
@@ -78,8 +114,10 @@ def random_split(n: int, *, train: Size = None, val: Size = 0, test: Size = 0,
 
 
 def stratified_split(keys: Sequence[Hashable], *, train: Size = None, val: Size = 0,
-                     test: Size = 0, seed: int = 0) -> Split:
-    """Split indices 0..len(keys)-1 with the sizes applied within each stratum (equal keys)."""
+                     test: Size = 0, seed: int = 0, nonempty: bool = False,
+                     names: tuple[str, str, str] = NAMES) -> Split:
+    """Split indices 0..len(keys)-1 with the sizes applied within each stratum (equal keys).
+    `nonempty` and `names` as in `subset_counts`, checked in every stratum."""
     rng = np.random.default_rng(seed)
     strata: dict[Hashable, list[int]] = {}
     for i, key in enumerate(keys):
@@ -88,7 +126,8 @@ def stratified_split(keys: Sequence[Hashable], *, train: Size = None, val: Size 
     for key in sorted(strata, key=_order):
         members = strata[key]
         counts = subset_counts(len(members), train=train, val=val, test=test,
-                               where=f"stratum {key}" if key is not None else "")
+                               where=f"stratum {key}" if key is not None else "",
+                               nonempty=nonempty, names=names)
         perm = [members[i] for i in rng.permutation(len(members))]
         bounds = np.cumsum((0, *counts))
         for name, lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True):
@@ -122,10 +161,14 @@ def split_structures(
     test: Size = 0,
     seed: int = 0,
     stratify: Stratify | str | None = None,
+    nonempty: bool = False,
+    names: tuple[str, str, str] = NAMES,
 ) -> dict[str, list[Atoms]]:
-    """Split structures into {"train", "val", "test"}, optionally stratified."""
+    """Split structures into {"train", "val", "test"}, optionally stratified; `nonempty` and
+    `names` as in `subset_counts`."""
     keys = [None] * len(structures) if stratify is None else stratum_keys(structures, stratify)
-    split = stratified_split(keys, train=train, val=val, test=test, seed=seed)
+    split = stratified_split(keys, train=train, val=val, test=test, seed=seed,
+                             nonempty=nonempty, names=names)
     return split.take(structures)
 
 

@@ -83,11 +83,36 @@ def stress_of(atoms: Atoms) -> np.ndarray | None:
     return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 
 
+LABEL_KEYS = ("energy", "forces", "stress")
+_LABEL_WORDS = ("energy", "energies", "force", "stress", "virial")
+
+
 def _result(atoms: Atoms, key: str) -> object:
     calc = atoms.calc
     if calc is None or key not in getattr(calc, "results", {}):
-        raise DataError(f"{atoms.get_chemical_formula()} carries no reference {key}")
+        raise DataError(f"{atoms.get_chemical_formula()} carries no reference {key} "
+                        f"({_label_keys_found(atoms)})")
     return calc.results[key]
+
+
+def _label_keys_found(atoms: Atoms) -> str:
+    """What was looked for (the calculator results that ASE's extended-XYZ reader fills from
+    `energy=`, `stress=` and a `forces` column) and which label-like keys the structure holds
+    instead (in atoms.info, atoms.arrays or the calculator)."""
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    found = [f"{k} (calculator)" for k in results if k not in LABEL_KEYS and _label_like(k)]
+    found += [f"{k} (info)" for k in atoms.info if _label_like(k)]
+    found += [f"{k} (arrays)" for k in atoms.arrays if _label_like(k)]
+    looked = ("looked for the calculator's energy, forces and stress, which extended XYZ "
+              "stores as energy=, stress= and a forces column")
+    if not found:
+        return f"{looked}; no other label-like keys found"
+    return f"{looked}; found only {', '.join(found)}"
+
+
+def _label_like(key: object) -> bool:
+    text = str(key).lower()
+    return str(key) not in META_KEYS and any(word in text for word in _LABEL_WORDS)
 
 
 def periodic_cell_problem(atoms: Atoms) -> str | None:
@@ -100,11 +125,40 @@ def periodic_cell_problem(atoms: Atoms) -> str | None:
     return None
 
 
+def shortest_distance(atoms: Atoms) -> float:
+    """Shortest interatomic distance in Å, periodic images included (an atom and its own
+    image count); inf for a structure without any pair (one atom, no periodic axis)."""
+    from congener.graph import neighbour_list  # graph imports this module
+
+    positions = atoms.positions
+    bounds = [float(np.linalg.norm(row)) for row in atoms.cell.array[atoms.pbc]]
+    if len(atoms) >= 2:
+        bounds.append(float(np.linalg.norm(positions[1] - positions[0])))
+    if len(atoms) == 0 or not bounds:
+        return float("inf")
+    bound = max(min(bounds) * (1 + 1e-9), 0.01)  # at least one pair lies within it
+    cutoff = min(2.0, bound)
+    while True:  # grow the cutoff until a pair is found: small lists for dense structures
+        edges, shifts = neighbour_list(atoms, cutoff)
+        if edges.shape[1]:
+            vectors = (positions[edges[1]] - positions[edges[0]]
+                       + shifts @ atoms.cell.array)
+            return float(np.linalg.norm(vectors, axis=1).min())
+        if cutoff >= bound:
+            return float("inf")
+        cutoff = min(2 * cutoff, bound)
+
+
 def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
     """Raise `DataError` naming the first structure (by index in `where`) with missing or
-    non-finite labels or positions, or a cell that cannot hold its periodic axes."""
+    non-finite labels or positions, a dummy atom X (atomic number 0), or a cell that cannot
+    hold its periodic axes."""
     for k, atoms in enumerate(structures):
         name = f"{where}: structure {k}"
+        dummies = np.flatnonzero(atoms.numbers == 0)
+        if len(dummies):
+            raise DataError(f"{name} holds {len(dummies)} dummy atom(s) X (atomic number 0), "
+                            f"the first at index {int(dummies[0])}; give every atom an element")
         try:
             e, f, s = energy_of(atoms), forces_of(atoms), stress_of(atoms)
         except DataError as exc:
@@ -126,6 +180,8 @@ def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
 def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
     """Read labelled structures (extended XYZ or any format ASE reads) and validate them."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a structure file")
     if not path.is_file():
         raise DataError(f"no such file: {path}")
     try:
