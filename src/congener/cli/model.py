@@ -10,6 +10,7 @@ import click
 
 from congener.cli import cli
 from congener.errors import ConfigError
+from congener.files import output_folder, write_json
 
 
 def _train_options(fn):
@@ -91,6 +92,7 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
     from congener.training.data import LabelledSet
     from congener.training.trainer import fit
 
+    output_folder(run_dir)
     cutoff = potential.cutoff
     tset, vset = LabelledSet(train, cutoff, name="training set"), LabelledSet(val, cutoff,
                                                                               name="validation set")
@@ -109,9 +111,11 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
     click.echo(f"model: {Path(run_dir) / 'model.pt'}")
     if test_file:
         m = metrics(evaluate(potential, read_structures(test_file)))
-        (Path(run_dir) / "test_metrics.json").write_text(json.dumps(m, indent=2))
+        write_json(Path(run_dir) / "test_metrics.json", m)
         click.echo(f"test: energy MAE {m['energy_mae']:.2f} meV/atom, force MAE "
-                   f"{m['force_mae']:.4f} eV/Å ({m['n']} structures)")
+                   f"{m['force_mae']:.4f} eV/Å ({m['n']} structures"
+                   + (f"; {m['n_nonfinite']} with non-finite predictions left out: "
+                      "`congener evaluate` lists them" if m.get("n_nonfinite") else "") + ")")
 
 
 _OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress_weight", "loss",
@@ -139,12 +143,12 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
     torch.manual_seed(cfg.seed)  # the initial weights follow --seed: the same seed, same model
     if init_model:
         potential = load_potential(init_model)
-        missing = sorted(set(elements_of(train + val)) - set(potential.elements))
+        missing = sorted(set(elements_of(train)) - set(potential.elements))
         if missing:
             raise ConfigError(f"{init_model} knows {potential.elements}, not {missing}; use "
                               "`congener transfer --map` to start a new element")
     else:
-        potential = build_potential(elements_of(train + val), model_cfg)
+        potential = build_potential(elements_of(train), model_cfg)  # what it is trained on
     meta = {"mode": "scratch" if not init_model else "continued",
             "init_model": init_model, "train_data": file_hash_of(train_file)}
     _run(potential, train, val, model_cfg, cfg, run_dir, test_file, meta=meta)
@@ -174,12 +178,18 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
     from congener.models.checkpoint import load_potential
     from congener.training import scaling, transfer
 
-    pairs = {}
+    pairs: dict[str, str] = {}
     for item in mapping:
-        src, sep, dst = item.partition("=")
+        src, sep, dst = (x.strip() for x in item.partition("="))
         if not sep or not src or not dst:
             raise ConfigError(f"--map takes SOURCE=TARGET, e.g. Si=Ge (got {item!r})")
-        pairs[src.strip()] = dst.strip()
+        if src in pairs:
+            raise ConfigError(f"--map maps {src} twice ({src}={pairs[src]} and {item}); give "
+                              "each source element once")
+        if dst in pairs.values():
+            raise ConfigError(f"--map maps two source elements to {dst}; one model row per "
+                              "target element")
+        pairs[src] = dst
     if soft_freeze is not None and not freeze_parts:
         raise ConfigError("--soft-freeze scales the parts named by --freeze; give --freeze too")
     _, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES},
@@ -194,8 +204,8 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
         resumed = scale == "auto" and (Path(run_dir) / "last.pt").is_file()
         found = (scaling.stored_scales(stored) if resumed else None) \
             or _scales(potential, train, scale)  # a resumed run keeps its first fit
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        stored.write_text(json.dumps({"scales": asdict(found)}, indent=2))
+        output_folder(run_dir)
+        write_json(stored, {"scales": asdict(found)}, strict=False)
         potential = scaling.scale_potential(potential, found.length, found.energy)
         meta["scales"] = asdict(found)
         click.echo(f"corresponding states: {found.describe()}; cutoff {potential.cutoff:.3f} Å")

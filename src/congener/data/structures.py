@@ -198,11 +198,11 @@ def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
 
 def write_structures(path: str | Path, structures: Iterable[Atoms]) -> Path:
     """Write structures with labels and metadata to extended XYZ (atomic via a temp file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    ase.io.write(tmp, list(structures), format="extxyz")
-    tmp.replace(path)
+    from congener.files import atomic_write, output_file
+
+    path = output_file(path)
+    with atomic_write(path) as tmp:
+        ase.io.write(tmp, list(structures), format="extxyz")
     return path
 
 
