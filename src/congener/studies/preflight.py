@@ -73,8 +73,10 @@ def _pool_after_test(keys: list[Hashable], test_size: int) -> list[Hashable]:
     if not parts.test:
         strata = Counter(keys)
         need = next((m for m in range(test_size, len(keys) + 1) if split(m).test), len(keys))
+        lo, hi = min(strata.values()), max(strata.values())
+        each = f"{lo}" if lo == hi else f"{lo}-{hi}"
         raise DataError(f"target.test_size {test_size} spread over {len(strata)} temperatures "
-                        f"({min(strata.values())}-{max(strata.values())} structures each) "
+                        f"({each} structures each) "
                         f"rounds to no test structure; use test_size >= {need} or give "
                         "target.test")
     return [keys[k] for k in parts.train]
