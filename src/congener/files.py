@@ -80,7 +80,7 @@ def output_folder(path: str | Path, option: str = "-o") -> Path:
     """Create the output folder `path` (with parents); a one-line error if it names a file."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise CongenerError(f"{option} {path} is an existing file, not a folder")
+        raise CongenerError(f"{option}: {path} is an existing file, not a folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -89,7 +89,7 @@ def output_file(path: str | Path, option: str = "-o") -> Path:
     """Check that `path` can be written as a file: not a folder; its folder is created."""
     path = Path(path)
     if path.is_dir():
-        raise CongenerError(f"{option} {path} is a folder, not a file")
+        raise CongenerError(f"{option + ': ' if option else ''}{path} is a folder, not a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -106,8 +106,7 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
     """Hold the lock of `folder` (created if needed) for the duration; `FolderBusy` naming the
     holder if another process has it. `what` names the folder in the message ("study X").
     Re-entrant within one process is not supported: nest locks on different folders only."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(folder, what)
     lock_path = folder / LOCK_NAME
     if fcntl is None:  # pragma: no cover
         yield folder

@@ -92,7 +92,7 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
     from congener.training.data import LabelledSet
     from congener.training.trainer import fit
 
-    output_folder(run_dir)
+    output_folder(run_dir, "-o")
     cutoff = potential.cutoff
     tset, vset = LabelledSet(train, cutoff, name="training set"), LabelledSet(val, cutoff,
                                                                               name="validation set")

@@ -200,7 +200,7 @@ def write_structures(path: str | Path, structures: Iterable[Atoms]) -> Path:
     """Write structures with labels and metadata to extended XYZ (atomic via a temp file)."""
     from congener.files import atomic_write, output_file
 
-    path = output_file(path)
+    path = output_file(path, "")
     with atomic_write(path) as tmp:
         ase.io.write(tmp, list(structures), format="extxyz")
     return path
