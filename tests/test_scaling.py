@@ -95,7 +95,8 @@ def test_transfer_cli_with_fitted_scales(tmp_path):
     write_structures(tmp_path / "ge_val.extxyz", data[3:])
     code = main(["transfer", str(source_path), "--map", "Si=Ge", "--scale", "auto",
                  "--train", str(tmp_path / "ge.extxyz"), "--val", str(tmp_path / "ge_val.extxyz"),
-                 "--epochs", "1", "--lr", "1e-6", "-o", str(tmp_path / "run")])
+                 "--epochs", "1", "--lr", "1e-6", "--lr-final", "1e-6",
+                 "-o", str(tmp_path / "run")])
     assert code == 0
     model = load_potential(tmp_path / "run" / "model.pt", dtype=torch.float64)
     assert model.cutoff == pytest.approx(4.0 / 0.95, rel=3e-3)

@@ -2,9 +2,11 @@
 
 `run_md` owns the loop over `md_step` (integrator.py), samples frames and checks every
 trajectory after every step. A trajectory fails, and is dropped from the batch while the
-others go on, when it produces NaN/Inf, when two atoms come closer than `min_distance_A`
+others go on, when it produces NaN/Inf and, unless the stability check is turned off
+explicitly (`stability_check=False`), when two atoms come closer than `min_distance_A`
 (Röcken & Zavadlav: no RDF value below 0.2 nm) or when its kinetic temperature exceeds
-`max_temperature_factor` x the target. The step and the reason are recorded.
+`max_temperature_factor` x the target. The step and the reason are recorded, and the result
+says which criterion applied (`MDResult.criterion`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,14 +34,25 @@ from congener.analysis.integrator import (
     select_systems,
     system_seeds,
 )
-from congener.errors import ConfigError
+from congener.bounds import check_float, check_int
 from congener.runtime import resolve_device, resolve_dtype, set_threads, tune_allocator
 
 __all__ = [
-    "DEFAULT_SKIN_A", "Failure", "MDResult", "MDState", "Trajectory", "kinetic_energy",
-    "kinetic_temperature", "md_init", "md_step", "prune_graph", "run_md", "select_systems",
-    "system_seeds",
+    "DEFAULT_SKIN_A", "Failure", "MDResult", "MDState", "Trajectory", "check_settings",
+    "criterion", "describe_criterion", "kinetic_energy", "kinetic_temperature", "md_init",
+    "md_step", "prune_graph", "run_md", "select_systems", "system_seeds",
 ]
+
+
+# Physical ranges of the settings (refused outside, with the range in the message)
+MAX_TEMPERATURE_K = 20_000.0  # well above any boiling point; the SW data stop at 3600 K
+MAX_TIMESTEP_FS = 10.0  # a 10 fs step already misses vibrations of heavy atoms
+MAX_FRICTION_PER_PS = 1000.0  # 1/fs: damping faster than any time step
+MAX_MIN_DISTANCE_A = 5.0  # a close-contact threshold above nearest-neighbour distances
+MAX_TEMPERATURE_FACTOR = 100.0
+_SETTING_NAMES = {k: f"md: {k}" for k in (
+    "temperature_K", "timestep_fs", "steps", "friction_per_ps", "sample_every",
+    "min_distance_A", "max_temperature_factor")}
 
 
 class Failure(StrEnum):
@@ -91,7 +105,8 @@ class MDResult:
     """Outcome of `run_md`: one `Trajectory` per input structure, run settings and timing.
 
     system_steps counts steps summed over the systems alive at each step; wall_s is the
-    loop's wall time in seconds (initialisation included).
+    loop's wall time in seconds (initialisation included). `criterion` says what stopped a
+    trajectory (see `criterion`): stable means "passed these checks".
     """
 
     trajectories: list[Trajectory]
@@ -101,6 +116,7 @@ class MDResult:
     friction_per_ps: float
     wall_s: float
     system_steps: int
+    criterion: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_stable(self) -> int:
@@ -115,21 +131,63 @@ class MDResult:
         return [t.frames(start_step) for t in self.trajectories if t.stable]
 
 
+def check_settings(*, temperature_K: float, timestep_fs: float, steps: int,
+                   friction_per_ps: float = 1.0, sample_every: int = 10,
+                   min_distance_A: float = 2.0, max_temperature_factor: float = 5.0,
+                   names: dict[str, str] | None = None) -> None:
+    """`ConfigError` (one line, with the allowed range) unless every MD setting is finite and
+    within its physical range. `names` renames settings in the message (CLI options)."""
+    names = {**_SETTING_NAMES, **(names or {})}
+    check_float(names["temperature_K"], temperature_K, 0.0, MAX_TEMPERATURE_K, low_open=True)
+    check_float(names["timestep_fs"], timestep_fs, 0.0, MAX_TIMESTEP_FS, low_open=True)
+    check_int(names["steps"], steps, 1)
+    check_float(names["friction_per_ps"], friction_per_ps, 0.0, MAX_FRICTION_PER_PS)
+    check_int(names["sample_every"], sample_every, 1)
+    check_float(names["min_distance_A"], min_distance_A, 0.0, MAX_MIN_DISTANCE_A,
+                low_open=True)
+    check_float(names["max_temperature_factor"], max_temperature_factor, 1.0,
+                MAX_TEMPERATURE_FACTOR, low_open=True)
+
+
 def _check_args(temperature_K: float, timestep_fs: float, steps: int, friction_per_ps: float,
-                sample_every: int) -> None:
-    checks = [(temperature_K >= 0, "temperature_K must be >= 0", temperature_K),
-              (timestep_fs > 0, "timestep_fs must be > 0", timestep_fs),
-              (steps >= 0, "steps must be >= 0", steps),
-              (friction_per_ps >= 0, "friction_per_ps must be >= 0", friction_per_ps),
-              (sample_every >= 1, "sample_every must be >= 1", sample_every)]
-    for ok, message, value in checks:
-        if not ok:
-            raise ConfigError(f"md: {message} (got {value})")
+                sample_every: int, min_distance_A: float = 2.0,
+                max_temperature_factor: float = 5.0) -> None:
+    check_settings(temperature_K=temperature_K, timestep_fs=timestep_fs, steps=steps,
+                   friction_per_ps=friction_per_ps, sample_every=sample_every,
+                   min_distance_A=min_distance_A, max_temperature_factor=max_temperature_factor)
+
+
+def criterion(*, stability_check: bool = True, min_distance_A: float = 2.0,
+              max_temperature_factor: float = 5.0, temperature_K: float | None = None
+              ) -> dict[str, Any]:
+    """What stops a trajectory, as recorded in stability.json: NaN/Inf always; with the
+    stability check on, also a pair closer than min_distance_A and a kinetic temperature
+    above max_temperature_factor x the target."""
+    out: dict[str, Any] = {"stability_check": "on" if stability_check else "off",
+                           "non_finite": True}
+    if stability_check:
+        out |= {"min_distance_A": min_distance_A, "max_temperature_factor": max_temperature_factor}
+        if temperature_K is not None:
+            out["max_temperature_K"] = max_temperature_factor * temperature_K
+    else:
+        out |= {"min_distance_A": None, "max_temperature_factor": None}
+    return out
+
+
+def describe_criterion(crit: dict[str, Any]) -> str:
+    """One line for the terminal: which criterion decided 'stable'."""
+    if crit.get("stability_check") == "off":
+        return "stability check off: only NaN/Inf stops a trajectory"
+    hot = (f"{crit['max_temperature_factor']:g} x target"
+           + (f" = {crit['max_temperature_K']:g} K" if "max_temperature_K" in crit else ""))
+    return (f"stability criterion: no pair closer than {crit['min_distance_A']:g} Å, kinetic "
+            f"temperature <= {hot}, no NaN/Inf")
 
 
 def _failures(state: MDState, *, temperature_K: float, min_distance_A: float,
-              max_temperature_factor: float) -> list[tuple[Failure, str] | None]:
-    """Per-system failure (reason, detail) or None."""
+              max_temperature_factor: float, stability_check: bool = True
+              ) -> list[tuple[Failure, str] | None]:
+    """Per-system failure (reason, detail) or None; only NaN/Inf without `stability_check`."""
     def bad(x):
         return per_system((~torch.isfinite(x)).flatten(1).any(1).to(torch.long),
                           state.batch, state.n_systems) > 0
@@ -142,6 +200,8 @@ def _failures(state: MDState, *, temperature_K: float, min_distance_A: float,
     for k in range(state.n_systems):
         if non_finite[k]:
             out.append((Failure.NON_FINITE, "NaN or Inf in positions, momenta, forces or energy"))
+        elif not stability_check:
+            out.append(None)
         elif dmin[k] < min_distance_A:
             out.append((Failure.CLOSE_CONTACT,
                         f"atom pair at {dmin[k]:.3f} Å < {min_distance_A:g} Å"))
@@ -182,7 +242,8 @@ def _prepare(potential: PotentialLike, device: str | None, dtype: str | torch.dt
 def run_md(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature_K: float,
            timestep_fs: float, steps: int, friction_per_ps: float = 1.0,
            seed: int | Sequence[int] = 0, sample_every: int = 10, min_distance_A: float = 2.0,
-           max_temperature_factor: float = 5.0, skin_A: float = DEFAULT_SKIN_A,
+           max_temperature_factor: float = 5.0, stability_check: bool = True,
+           skin_A: float = DEFAULT_SKIN_A,
            device: str | None = None, dtype: str | torch.dtype | None = None,
            threads: int | None = None,
            callback: Callable[[int, MDState], None] | None = None) -> MDResult:
@@ -194,8 +255,17 @@ def run_md(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature
     every step (progress bars). Never raises for a diverging trajectory: it is recorded as
     failed and dropped, and the run stops early once no trajectory is left. Uses `threads`
     torch threads (default: all cores) and restores the previous count on return.
+
+    The stability check (on unless `stability_check=False`) stops a trajectory at a pair
+    closer than `min_distance_A` or a kinetic temperature above `max_temperature_factor` x
+    `temperature_K`; NaN/Inf stop it always. `MDResult.criterion` records which applied.
+    Settings outside their physical range raise `ConfigError` (see `check_settings`).
     """
-    _check_args(temperature_K, timestep_fs, steps, friction_per_ps, sample_every)
+    if stability_check:
+        _check_args(temperature_K, timestep_fs, steps, friction_per_ps, sample_every,
+                    min_distance_A, max_temperature_factor)
+    else:
+        _check_args(temperature_K, timestep_fs, steps, friction_per_ps, sample_every)
     tune_allocator()
     previous_threads = torch.get_num_threads()
     set_threads(threads)
@@ -203,7 +273,8 @@ def run_md(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature
         return _run(potential, atoms_list, temperature_K=temperature_K,
                     timestep_fs=timestep_fs, steps=steps, friction_per_ps=friction_per_ps,
                     seed=seed, sample_every=sample_every, min_distance_A=min_distance_A,
-                    max_temperature_factor=max_temperature_factor, skin_A=skin_A,
+                    max_temperature_factor=max_temperature_factor,
+                    stability_check=stability_check, skin_A=skin_A,
                     device=device, dtype=dtype, callback=callback)
     finally:
         torch.set_num_threads(previous_threads)
@@ -211,8 +282,9 @@ def run_md(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature
 
 def _run(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature_K: float,
          timestep_fs: float, steps: int, friction_per_ps: float, seed: int | Sequence[int],
-         sample_every: int, min_distance_A: float, max_temperature_factor: float, skin_A: float,
-         device: str | None, dtype: str | torch.dtype | None,
+         sample_every: int, min_distance_A: float, max_temperature_factor: float,
+         stability_check: bool, skin_A: float, device: str | None,
+         dtype: str | torch.dtype | None,
          callback: Callable[[int, MDState], None] | None) -> MDResult:
     _prepare(potential, device, dtype)
     seeds = system_seeds(seed, len(atoms_list)) if isinstance(seed, int) else list(seed)
@@ -220,7 +292,8 @@ def _run(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature_K
                                cell=a.cell.array.copy()) for k, (a, s) in
                     enumerate(zip(atoms_list, seeds, strict=True))]
     limits = {"temperature_K": temperature_K, "min_distance_A": min_distance_A,
-              "max_temperature_factor": max_temperature_factor}
+              "max_temperature_factor": max_temperature_factor,
+              "stability_check": stability_check}
     start = time.perf_counter()
     system_steps = 0
     with torch.inference_mode(False):
@@ -239,11 +312,15 @@ def _run(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature_K
                 callback(step, state)
     return MDResult(trajectories=trajectories, steps=steps, timestep_fs=timestep_fs,
                     temperature_K=temperature_K, friction_per_ps=friction_per_ps,
-                    wall_s=time.perf_counter() - start, system_steps=system_steps)
+                    wall_s=time.perf_counter() - start, system_steps=system_steps,
+                    criterion=criterion(stability_check=stability_check,
+                                        min_distance_A=min_distance_A,
+                                        max_temperature_factor=max_temperature_factor,
+                                        temperature_K=temperature_K))
 
 
 def _drop_failed(state: MDState, potential: PotentialLike, trajectories: list[Trajectory],
-                 limits: dict[str, float], *, record: bool) -> MDState:
+                 limits: dict[str, Any], *, record: bool) -> MDState:
     """Mark failed systems in `trajectories`, drop them, record the others if `record`."""
     failures = _failures(state, **limits)
     for k, failure in enumerate(failures):

@@ -24,9 +24,11 @@ from phonopy.structure.atoms import PhonopyAtoms
 from phonopy.structure.cells import guess_primitive_matrix
 from scipy.optimize import minimize_scalar
 
+from congener.bounds import check_float
 from congener.errors import DataError
 
 DEFAULT_MESH = (20, 20, 20)
+MIN_LATTICE_A, MAX_LATTICE_A = 2.5, 10.0  # diamond cells of any element fit in this range
 
 
 @dataclass
@@ -47,7 +49,13 @@ class PhononDOS:
 
 
 def diamond_cell(symbol: str, a: float | None = None) -> Atoms:
-    """The 8-atom conventional cubic diamond cell of `symbol` (a in Å; default ASE's)."""
+    """The 8-atom conventional cubic diamond cell of `symbol` (a in Å; default ASE's).
+
+    `a` must lie in [2.5, 10] Å (diamond C 3.57 Å, α-Sn 6.49 Å): a cell far outside does not
+    relax within the ±10 % search, and a tiny or negative one packs thousands of neighbours
+    into the cutoff sphere (`ConfigError` outside)."""
+    if a is not None:
+        a = check_float("lattice constant a (Å)", a, MIN_LATTICE_A, MAX_LATTICE_A)
     try:
         return ase.build.bulk(symbol, "diamond", a=a, cubic=True)
     except (ValueError, KeyError) as exc:

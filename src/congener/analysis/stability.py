@@ -75,12 +75,15 @@ def format_stability_table(rows: Iterable[StabilityRow]) -> str:
 
 
 def stability_summary(result: MDResult) -> dict[str, Any]:
-    """JSON-ready summary of a run: settings, timing, counts and each trajectory's fate."""
+    """JSON-ready summary of a run: settings, the stability criterion (what stopped a
+    trajectory; see `congener.analysis.md.criterion`), timing, counts and each trajectory's
+    fate."""
     return {
         "steps": result.steps,
         "timestep_fs": result.timestep_fs,
         "temperature_K": result.temperature_K,
         "friction_per_ps": result.friction_per_ps,
+        "criterion": dict(result.criterion),
         "wall_s": round(result.wall_s, 3),
         "system_steps_per_s": round(result.system_steps_per_s, 3),
         "stable": result.n_stable,

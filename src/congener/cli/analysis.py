@@ -9,8 +9,12 @@ from typing import Any
 import click
 import numpy as np
 
+from congener.bounds import check_float, check_int, check_seed
 from congener.cli import cli
 from congener.errors import ConfigError, DataError
+
+MAX_MESH = 100  # 10^6 q-points; the paper's DOS uses 20
+MAX_R_CUT_A = 10.0
 
 
 @cli.group()
@@ -52,22 +56,31 @@ def _write_dos_csv(path: Path, curves: dict[str, Any]) -> None:
               help="sw:ELEMENT (Stillinger-Weber through LAMMPS) or a checkpoint.")
 @click.option("--element", required=True, help="Chemical symbol; its cubic diamond cell.")
 @click.option("--lattice", type=float, default=None,
-              help="Starting lattice constant in Å [default: ASE's].")
-@click.option("--mesh", type=int, default=20, show_default=True, help="q-mesh per axis.")
+              help="Starting lattice constant in Å, 2.5 to 10 [default: ASE's].")
+@click.option("--mesh", type=int, default=20, show_default=True,
+              help=f"q-mesh per axis (1 to {MAX_MESH}).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("-o", "--output", required=True, help="Folder for dos.csv, dos.png, phonons.json.")
 def phonons_command(models: tuple[str, ...], reference: str | None, element: str,
                     lattice: float | None, mesh: int, device: str, output: str) -> None:
     """Relax the diamond cell, compute the phonon DOS (2x2x2 supercell, 0.01 Å displacements)
     of each MODEL (a checkpoint or sw:ELEMENT) and its distance to the reference DOS."""
-    from congener.analysis.phonons import diamond_cell, dos_distance, phonon_dos
+    from congener.analysis.phonons import (
+        MAX_LATTICE_A,
+        MIN_LATTICE_A,
+        diamond_cell,
+        dos_distance,
+        phonon_dos,
+    )
     from congener.analysis.plots import plot_dos
 
-    if mesh < 1:
-        raise ConfigError(f"--mesh must be >= 1 (got {mesh})")
+    check_int("--mesh", mesh, 1, MAX_MESH)
+    if lattice is not None:
+        check_float("--lattice (Å)", lattice, MIN_LATTICE_A, MAX_LATTICE_A)
+    cell = diamond_cell(element, lattice)  # an unknown element fails before any model loads
+
     def dos_of(spec: str) -> Any:
-        return phonon_dos(_calculator(spec, device), diamond_cell(element, lattice),
-                          mesh=(mesh, mesh, mesh))
+        return phonon_dos(_calculator(spec, device), cell, mesh=(mesh, mesh, mesh))
 
     curves = {label: dos_of(spec) for spec, label in zip(models, _labels(list(models)),
                                                           strict=True)}
@@ -109,17 +122,23 @@ def _read_structure(text: str) -> Any:
 @analyze.command("md", short_help="Batched NVT MD: stability, RDF and ADF.")
 @click.argument("model")
 @click.option("--structure", required=True, help="Structure file, optionally FILE@index.")
-@click.option("--temperature", type=float, required=True, help="Temperature in K.")
-@click.option("--timestep", type=float, default=0.5, show_default=True, help="fs.")
-@click.option("--steps", type=int, required=True)
-@click.option("--friction", type=float, default=1.0, show_default=True, help="1/ps.")
+@click.option("--temperature", type=float, required=True,
+              help="Temperature in K, in (0, 20000].")
+@click.option("--timestep", type=float, default=0.5, show_default=True,
+              help="fs, in (0, 10].")
+@click.option("--steps", type=int, required=True, help="MD steps, >= 1.")
+@click.option("--friction", type=float, default=1.0, show_default=True,
+              help="1/ps, in [0, 1000]; 0 runs NVE.")
 @click.option("--trajectories", type=int, default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sample-every", type=int, default=10, show_default=True)
 @click.option("--discard", type=int, default=None,
-              help="Steps left out of the RDF/ADF [default: the first fifth].")
-@click.option("--min-distance", type=float, default=2.0, show_default=True,
-              help="Closest allowed pair distance in Å.")
+              help="Steps left out of the RDF/ADF, 0 to STEPS - 1 [default: the first fifth].")
+@click.option("--min-distance", type=float, default=None,
+              help="Stability check: closest allowed pair distance in Å, > 0 [default: 2.0].")
+@click.option("--no-stability-check", is_flag=True,
+              help="Turn the close-contact and overheating checks off (only NaN/Inf stops a "
+                   "trajectory); stability.json records it.")
 @click.option("--r-cut", type=float, default=3.0, show_default=True,
               help="First-shell cutoff of the ADF in Å.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
@@ -130,19 +149,38 @@ def _read_structure(text: str) -> Any:
               "structure.json and stability.json.")
 def md_command(model: str, structure: str, temperature: float, timestep: float, steps: int,
                friction: float, trajectories: int, seed: int, sample_every: int,
-               discard: int | None, min_distance: float, r_cut: float, dtype: str,
-               device: str, threads: int | None, output: str) -> None:
+               discard: int | None, min_distance: float | None, no_stability_check: bool,
+               r_cut: float, dtype: str, device: str, threads: int | None, output: str) -> None:
     """Run TRAJECTORIES Langevin trajectories of MODEL (a checkpoint) from one structure as
-    one batch; unstable ones are recorded and dropped. RDF and ADF over stable ones."""
+    one batch; unstable ones are recorded and dropped. RDF and ADF over stable ones.
+
+    Stable means: no pair closer than --min-distance and a kinetic temperature at most 5 x
+    the target (and no NaN/Inf), unless --no-stability-check; the criterion is printed and
+    written to stability.json."""
     from tqdm import tqdm
 
-    from congener.analysis.md import run_md
+    from congener.analysis.md import check_settings, describe_criterion, run_md
     from congener.analysis.stability import stability_summary
     from congener.models.checkpoint import load_potential
     from congener.runtime import resolve_device
 
-    if trajectories < 1:
-        raise ConfigError(f"--trajectories must be >= 1 (got {trajectories})")
+    if no_stability_check and min_distance is not None:
+        raise ConfigError("--min-distance sets the stability check that --no-stability-check "
+                          "turns off: give one of them")
+    min_distance = 2.0 if min_distance is None else min_distance
+    check_settings(temperature_K=temperature, timestep_fs=timestep, steps=steps,
+                   friction_per_ps=friction, sample_every=sample_every,
+                   min_distance_A=min_distance, names=_MD_OPTIONS)
+    check_int("--trajectories", trajectories, 1)
+    check_seed("--seed", seed)
+    if threads is not None:
+        check_int("--threads", threads, 1)
+    check_float("--r-cut (Å)", r_cut, 0.0, MAX_R_CUT_A, low_open=True)
+    discard = steps // 5 if discard is None else check_int("--discard", discard, 0, steps - 1)
+    if (steps // sample_every) * sample_every < discard:
+        raise ConfigError(f"no frame is sampled after --discard {discard}: the last sample is "
+                          f"at step {(steps // sample_every) * sample_every} (--sample-every "
+                          f"{sample_every}, --steps {steps})")
     atoms = _read_structure(structure)
     potential = load_potential(model, device=resolve_device(device))
     with tqdm(total=steps, unit="step", desc="MD", disable=None) as bar:
@@ -155,18 +193,25 @@ def md_command(model: str, structure: str, temperature: float, timestep: float, 
         result = run_md(potential, [atoms.copy() for _ in range(trajectories)],
                         temperature_K=temperature, timestep_fs=timestep, steps=steps,
                         friction_per_ps=friction, seed=seed, sample_every=sample_every,
-                        min_distance_A=min_distance, dtype=dtype, threads=threads,
-                        callback=progress)
+                        min_distance_A=min_distance,
+                        stability_check=not no_stability_check, dtype=dtype,
+                        threads=threads, callback=progress)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "stability.json").write_text(json.dumps(stability_summary(result), indent=2) + "\n")
     click.echo(f"stable: {result.n_stable}/{trajectories} trajectories; "
                f"{result.system_steps_per_s:.1f} system-steps/s")
+    click.echo(describe_criterion(result.criterion))
     for t in result.trajectories:
         if not t.stable:
             click.echo(f"  trajectory {t.index}: {t.failure} at step {t.failed_step} "
                        f"({t.detail})")
-    _write_structure(out, result, atoms, steps // 5 if discard is None else discard, r_cut)
+    _write_structure(out, result, atoms, discard, r_cut)
+
+
+_MD_OPTIONS = {"temperature_K": "--temperature (K)", "timestep_fs": "--timestep (fs)",
+               "steps": "--steps", "friction_per_ps": "--friction (1/ps)",
+               "sample_every": "--sample-every", "min_distance_A": "--min-distance (Å)"}
 
 
 def _write_structure(out: Path, result: Any, atoms: Any, discard: int, r_cut: float) -> None:

@@ -48,11 +48,15 @@ def sw_command(element: str, preset: str, output: str, params_path: str | None,
     temperature. Finished temperatures are kept in the work folder; rerun to resume."""
     from tqdm import tqdm
 
+    from congener.bounds import check_int, check_seed
     from congener.data.generate import generate_sw_data
     from congener.data.stillinger_weber import load_sw_params
     from congener.data.structures import write_structures
     from congener.data.sw_protocol import SWProtocol
 
+    if workers is not None:
+        check_int("--workers", workers, 1)
+    check_seed("--seed", seed)
     load_sw_params(element, params_path)  # fail early: unknown element, missing entry
     protocol = SWProtocol.preset(preset).with_overrides(
         temperatures_K=_temperatures(temperatures), npt_steps=npt_steps, nvt_steps=nvt_steps,

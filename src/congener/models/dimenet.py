@@ -35,12 +35,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from congener.errors import ConfigError
+from congener.bounds import check_float, check_int
 from congener.graph import Graph
 from congener.models.basis import BesselBasis, SphericalBasis, _RadialState
 from congener.models.triplets import Triplets
 
 MAX_Z = 94
+MAX_CUTOFF_A = 12.0
+# upper bounds of the integer sizes (widths: 4096); far above any published DimeNet++
+_MAX_SIZE = {"num_blocks": 32, "num_spherical": 16, "num_radial": 64, "envelope_exponent": 32,
+             "num_before_skip": 16, "num_after_skip": 16, "num_output_layers": 16}
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,12 @@ class DimeNetConfig:
     num_output_layers: int = 3
 
     def __post_init__(self) -> None:
-        if self.cutoff <= 0:
-            raise ConfigError(f"model.cutoff must be > 0 (got {self.cutoff})")
+        # 12 Å spans two neighbour shells of the largest atoms (Cs-Cs 5.3 Å); far beyond, the
+        # graph of a solid grows to tens of millions of edges (100 Å: 53 M, out of memory)
+        check_float("model.cutoff", self.cutoff, 0.0, MAX_CUTOFF_A, low_open=True)
         for name, value in asdict(self).items():
-            if name != "cutoff" and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"model.{name} must be a positive integer (got {value!r})")
+            if name != "cutoff":
+                check_int(f"model.{name}", value, 1, _MAX_SIZE.get(name, 4096))
 
 
 _silu = F.silu

@@ -34,8 +34,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from congener.analysis.md import MAX_TEMPERATURE_K
+from congener.analysis.md import check_settings as check_md_settings
+from congener.bounds import MAX_SEED, check_float, check_floats, check_int, check_ints
 from congener.errors import ConfigError
-from congener.models.dimenet import DimeNetConfig
+from congener.models.dimenet import MAX_Z, DimeNetConfig
 from congener.training.config import TrainConfig, from_dict, read_mapping
 
 
@@ -56,12 +59,23 @@ class TargetSpec:
     test_size: int = 40
     val_size: int = 5
 
+    def __post_init__(self) -> None:
+        _check_text("target.data", self.data)
+        _check_text("target.test", self.test, optional=True)
+        check_int("target.test_size", self.test_size, 1)
+        check_int("target.val_size", self.val_size, 1)
+
 
 @dataclass(frozen=True)
 class SourceSpec:
     data: str | None = "sw:Si"
     model: str | None = None
     val_size: int = 10
+
+    def __post_init__(self) -> None:
+        _check_text("source.data", self.data, optional=True)
+        _check_text("source.model", self.model, optional=True)
+        check_int("source.val_size", self.val_size, 1)
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,11 @@ class Budget:
     max_epochs: int = 150
     validations: int = 15  # validations per run (validation every epochs/validations)
 
+    def __post_init__(self) -> None:
+        for name in ("updates", "min_epochs", "validations"):
+            check_int(f"budget.{name}", getattr(self, name), 1)
+        check_int("budget.max_epochs", self.max_epochs, self.min_epochs)
+
     def epochs(self, size: int, batch_size: int) -> int:
         per_epoch = -(-size // batch_size)
         return max(self.min_epochs, min(self.max_epochs, -(-self.updates // per_epoch)))
@@ -82,6 +101,11 @@ class Budget:
 class TemperatureSpec:
     temperature_K: float = 2000.0
     sizes: tuple[int, ...] = (1,)
+
+    def __post_init__(self) -> None:
+        check_float("temperature.temperature_K", self.temperature_K, 0.0, MAX_TEMPERATURE_K,
+                    low_open=True)
+        object.__setattr__(self, "sizes", check_ints("temperature.sizes", self.sizes, 1))
 
 
 @dataclass(frozen=True)
@@ -94,10 +118,12 @@ class HPOSpec:
     decay: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not self.lr or min(self.lr) <= 0:
-            raise ConfigError("hpo.lr must list positive learning rates")
-        if self.decay is not None and (not self.decay or not all(0 < d <= 1 for d in self.decay)):
-            raise ConfigError("hpo.decay must list ratios lr_final/lr in (0, 1]")
+        check_int("hpo.size", self.size, 1)
+        object.__setattr__(self, "lr", check_floats("hpo.lr", self.lr, 0.0, 1.0,
+                                                    low_open=True))
+        if self.decay is not None:  # ratios lr_final / lr
+            object.__setattr__(self, "decay", check_floats("hpo.decay", self.decay, 0.0, 1.0,
+                                                           low_open=True))
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,13 @@ class PhononStage:
     runs: str = "temperature"
     size: int = 1
     reference: str = "sw"
+
+    def __post_init__(self) -> None:
+        if self.runs not in RUN_KINDS:
+            raise ConfigError(f"phonons.runs must be one of {', '.join(RUN_KINDS)} "
+                              f"(got {self.runs!r})")
+        check_int("phonons.size", self.size, 1)
+        _check_text("phonons.reference", self.reference)
 
 
 @dataclass(frozen=True)
@@ -122,6 +155,18 @@ class MDStage:
     steps: int = 400
     friction_per_ps: float = 1.0
     sample_every: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", check_ints("md.sizes", self.sizes, 1))
+        check_int("md.trajectories", self.trajectories, 1)
+        check_md_settings(temperature_K=self.temperature_K, timestep_fs=self.timestep_fs,
+                          steps=self.steps, friction_per_ps=self.friction_per_ps,
+                          sample_every=self.sample_every,
+                          names={k: f"md.{k}" for k in ("temperature_K", "timestep_fs", "steps",
+                                                        "friction_per_ps", "sample_every")})
+        if self.sample_every > self.steps:
+            raise ConfigError(f"md.sample_every ({self.sample_every}) must not exceed md.steps "
+                              f"({self.steps})")
 
 
 @dataclass(frozen=True)
@@ -148,12 +193,31 @@ class StudyConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if not self.sizes or min(self.sizes) < 1:
-            raise ConfigError(f"sizes must be positive integers (got {list(self.sizes)})")
-        if not self.seeds:
-            raise ConfigError("seeds must list at least one seed")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1 (got {self.workers})")
+        _check_text("name", self.name)
+        for key, kind in (("target", TargetSpec), ("source", SourceSpec), ("budget", Budget),
+                          ("model", DimeNetConfig), ("train", TrainConfig),
+                          ("source_train", TrainConfig), ("temperature", TemperatureSpec),
+                          ("hpo", HPOSpec), ("phonons", PhononStage), ("md", MDStage)):
+            value = getattr(self, key)
+            if not (isinstance(value, kind) or (value is None and key in _OPTIONAL)):
+                raise ConfigError(f"{key} must be a mapping of {kind.__name__} fields "
+                                  f"(got {value!r})")
+        object.__setattr__(self, "sizes", check_ints("sizes", self.sizes, 1,
+                                                     what="positive integers"))
+        object.__setattr__(self, "seeds", check_ints(
+            "seeds", self.seeds, 0, MAX_SEED, what=f"integers in [0, {MAX_SEED}]"))
+        object.__setattr__(self, "modes", _modes(self.modes))
+        _check_mapping(self.mapping)
+        if (isinstance(self.freeze, str) or not isinstance(self.freeze, tuple | list)
+                or not all(isinstance(p, str) and p.strip() for p in self.freeze)):
+            raise ConfigError(f"freeze must be a list of parameter parts such as embedding or "
+                              f"interaction:0 (got {self.freeze!r})")
+        object.__setattr__(self, "freeze", tuple(self.freeze))
+        if Mode.frozen in self.modes and not self.freeze:
+            raise ConfigError("freeze must name at least one part for the frozen mode")
+        if self.soft_freeze is not None:
+            check_float("soft_freeze", self.soft_freeze, 0.0, 1.0)
+        check_int("workers", self.workers, 1)
         uses_source = any(m != Mode.scratch for m in self.modes)
         if uses_source and not (self.source.model or self.source.data):
             raise ConfigError("source: give a model or data for transfer modes")
@@ -170,6 +234,48 @@ class StudyConfig:
         import json
 
         return json.loads(json.dumps(self.as_dict(), default=str))
+
+
+RUN_KINDS = ("curve", "temperature", "hpo")  # RunSpec.kind
+_OPTIONAL = ("temperature", "hpo", "phonons", "md")
+
+
+def _check_text(name: str, value: Any, *, optional: bool = False) -> None:
+    if not ((value is None and optional) or (isinstance(value, str) and value.strip())):
+        raise ConfigError(f"{name} must be a non-empty string{' or null' if optional else ''} "
+                          f"(got {value!r})")
+
+
+def _modes(values: Any) -> tuple[Mode, ...]:
+    choices = ", ".join(Mode)
+    try:
+        if isinstance(values, str) or not isinstance(values, tuple | list) or not values:
+            raise ValueError
+        modes = tuple(Mode(m) for m in values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"modes must list at least one of {choices} (got {values!r})") \
+            from exc
+    if len(set(modes)) != len(modes):
+        raise ConfigError(f"modes lists a mode twice (got {[str(m) for m in modes]})")
+    return modes
+
+
+def _check_mapping(mapping: Any) -> None:
+    """{source element: target element}: known chemical symbols, one source per target."""
+    from ase.data import atomic_numbers
+
+    if not isinstance(mapping, dict) or not mapping:
+        raise ConfigError(f"mapping must map source elements to target elements, e.g. "
+                          f"{{Si: Ge}} (got {mapping!r})")
+    for symbol in (*mapping, *mapping.values()):
+        if not isinstance(symbol, str) or not 1 <= atomic_numbers.get(symbol, 0) <= MAX_Z:
+            raise ConfigError(f"mapping: {symbol!r} is not a chemical symbol (H to Pu)")
+    targets = list(mapping.values())
+    for target in targets:
+        if targets.count(target) > 1:
+            sources = sorted(s for s, t in mapping.items() if t == target)
+            raise ConfigError(f"mapping: {', '.join(sources)} all map to {target}; one source "
+                              "element per target")
 
 
 _SECTIONS = {"target": TargetSpec, "source": SourceSpec, "budget": Budget,
@@ -200,8 +306,16 @@ def study_config(values: dict[str, Any] | None = None) -> StudyConfig:
             merged = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
             kwargs[key] = from_dict(_SECTIONS[key], merged, key)
         elif key in ("sizes", "seeds", "freeze"):
-            kwargs[key] = tuple(value if isinstance(value, list | tuple) else [value])
+            # one number (or one part name for freeze) stands for a list of one; anything
+            # else that is not a list is left for StudyConfig to refuse
+            single = (str if key == "freeze" else int)
+            kwargs[key] = (tuple(value) if isinstance(value, list | tuple) else (value,)
+                           if isinstance(value, single) and not isinstance(value, bool)
+                           else value)
         elif key == "modes":
+            if isinstance(value, str) or not isinstance(value, list | tuple):
+                raise ConfigError(f"modes must be a list such as [scratch, transfer] "
+                                  f"(got {value!r})")
             try:
                 kwargs[key] = tuple(Mode(m) for m in value)
             except ValueError as exc:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from congener.bounds import check_float, check_int, check_seed
 from congener.errors import ConfigError
 
 LOSSES = ("mse", "huber")  # TrainConfig.loss: the paper's squared errors, or Huber terms
@@ -49,22 +50,26 @@ class TrainConfig:
     val_every: int = 1  # validate every this many epochs (and at the last one)
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "lr", "lr_final", "val_every")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"train.{name} must be > 0 (got {getattr(self, name)})")
-        for name in ("energy_weight", "force_weight", "stress_weight", "patience", "grad_clip",
-                     "threads", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("epochs", "batch_size", "val_every"):
+            check_int(f"train.{name}", getattr(self, name), 1)
+        for name in ("patience", "threads", "warmup_steps"):
+            check_int(f"train.{name}", getattr(self, name), 0)
+        check_seed("train.seed", self.seed)
+        for name in ("lr", "lr_final"):  # Adam moves each weight by about lr per step
+            check_float(f"train.{name}", getattr(self, name), 0.0, low_open=True)
+            check_float(f"train.{name}", getattr(self, name), high=1.0)
+        if self.lr_final > self.lr:
+            raise ConfigError(f"train.lr_final ({self.lr_final:g}) must not exceed train.lr "
+                              f"({self.lr:g}): the learning rate decays from lr to lr_final; "
+                              "set lr_final too when lowering lr")
+        for name in ("energy_weight", "force_weight", "stress_weight", "grad_clip"):
+            check_float(f"train.{name}", getattr(self, name), 0.0)
         if self.energy_weight == 0 and self.force_weight == 0:
             raise ConfigError("train: energy_weight and force_weight cannot both be 0")
         if self.loss not in LOSSES:
             raise ConfigError(f"train.loss must be {' or '.join(LOSSES)} (got {self.loss!r})")
-        if not self.huber_delta > 0:
-            raise ConfigError(f"train.huber_delta must be > 0 (got {self.huber_delta})")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"train.ema_decay must be in [0, 1) (got {self.ema_decay})")
+        check_float("train.huber_delta", self.huber_delta, 0.0, low_open=True)
+        check_float("train.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"train.dtype must be float32 or float64 (got {self.dtype!r})")
 
