@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from congener.bounds import check_float, check_int, check_seed
-from congener.errors import ConfigError
+from congener.errors import ConfigError, first_line
 
 LOSSES = ("mse", "huber")  # TrainConfig.loss: the paper's squared errors, or Huber terms
 
@@ -118,7 +118,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(path.read_text()) or {}
     except Exception as exc:
-        raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"cannot parse {path}: {first_line(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data
