@@ -124,3 +124,49 @@ def assert_batch_consistent(pot: Potential, structures: Sequence[Atoms], *,
         assert max(de, df, ds) <= atol * max(1.0, abs(float(single.energy[0]))), (
             f"structure {k}: batch differs from single (energy {de}, forces {df}, stress {ds})")
         start += n
+
+
+def default_structures(pot: Potential) -> list[Atoms]:
+    """Two small test cells of an element the potential knows (Si or Ge if it can): a rattled,
+    sheared (triclinic) 8-atom diamond cell and a rattled 2-atom primitive cell."""
+    import ase.build
+
+    element = next((e for e in ("Si", "Ge") if e in pot.elements), pot.elements[0])
+    lattice = {"Si": 5.43, "Ge": 5.65}.get(element, 5.4)
+    big = ase.build.bulk(element, "diamond", a=lattice, cubic=True)
+    cell = big.cell.array.copy()
+    cell[1] += 0.1 * cell[0]
+    big.set_cell(cell, scale_atoms=True)
+    big.rattle(0.08, seed=1)
+    small = ase.build.bulk(element, "diamond", a=lattice * 1.02)
+    small.rattle(0.05, seed=2)
+    return [big, small]
+
+
+def check_potential(pot: Potential, structures: Sequence[Atoms] | None = None, *,
+                    dtype: torch.dtype = torch.float64, rtol: float = 1e-6,
+                    atol: float = 1e-8) -> None:
+    """Every check of the `Potential` contract, for any model family (raises AssertionError):
+    shapes and dtypes of energy [B] (float64), forces [N,3] and stress [B,3,3]; forces equal
+    minus the finite-difference gradient; stress equals the strain derivative over the volume;
+    a batch equals its structures one by one; energy invariant and forces equivariant under
+    rotation, translation, periodic wrapping and permutation. Run in float64."""
+    structures = list(structures) if structures is not None else default_structures(pot)
+    pot = pot.to(dtype)
+    out = predict(pot, structures, stress=True, dtype=dtype)
+    n, b = sum(len(a) for a in structures), len(structures)
+    assert tuple(out.energy.shape) == (b,), f"energy shape {tuple(out.energy.shape)} != {(b,)}"
+    assert out.energy.dtype == torch.float64, f"energy dtype {out.energy.dtype}, not float64"
+    assert tuple(out.forces.shape) == (n, 3), f"forces shape {tuple(out.forces.shape)}"
+    assert out.forces.dtype == dtype, f"forces dtype {out.forces.dtype}, not {dtype}"
+    assert out.stress is not None and tuple(out.stress.shape) == (b, 3, 3), "stress shape"
+    for tensor, name in ((out.energy, "energy"), (out.forces, "forces"),
+                         (out.stress, "stress")):
+        assert bool(torch.isfinite(tensor).all()), f"non-finite {name}"
+    assert not out.forces.requires_grad, "outputs outside training must be detached"
+    for atoms in structures:
+        assert_forces_match_fd(pot, atoms, rtol=rtol, atol=atol)
+        assert_stress_match_fd(pot, atoms, rtol=rtol * 10, atol=atol)
+        assert_invariant(pot, atoms, dtype=dtype, rtol=max(rtol * 1e-3, 1e-9),
+                         atol=max(atol * 1e-1, 1e-9))
+    assert_batch_consistent(pot, structures, dtype=dtype, atol=max(atol * 0.1, 1e-9))

@@ -1,12 +1,12 @@
 """Checkpoint files: one `.pt` holding everything needed to rebuild a Potential.
 
-Contents: format tag, congener version, model kind and configuration, elements, energy
-references, weights and free-form metadata (training data hash, source run, ...).
+Contents: format tag, congener version, model family (`model`: dimenet++, chgnet, sevennet)
+and its configuration, elements, energy references, weights and free-form metadata (training
+data hash, source run, ...). Any family of `models.registry` loads through `load_potential`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ def save_potential(path: str | Path, potential: Potential, metadata: dict[str, A
     payload = {
         "format": FORMAT,
         "congener_version": __version__,
-        "model": "dimenet++",
-        "config": asdict(potential.network.cfg),
+        "model": potential.network.family,
+        "config": potential.network.config(),
         "elements": list(potential.elements),
         "energy_refs": potential.get_energy_refs(),
         "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
@@ -97,10 +97,13 @@ def _is_training_state(path: Path) -> bool:
 def load_potential(path: str | Path, *, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32) -> Potential:
     """Rebuild the Potential stored in `path`; clear `CheckpointError` on any mismatch."""
+    from congener.models.registry import network_class
+
     payload = read_checkpoint(path)
+    family = payload.get("model", "dimenet++")
     try:
-        config = DimeNetConfig(**payload["config"])
-        potential = build_potential(payload["elements"], config)
+        network = network_class(family).from_config(payload["config"])
+        potential = Potential(network, payload["elements"])
         potential.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path} does not fit congener {__version__}: "

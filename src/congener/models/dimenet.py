@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from congener.bounds import check_float, check_int
 from congener.graph import Graph
 from congener.models.basis import BesselBasis, SphericalBasis, _RadialState
+from congener.models.family import Network
 from congener.models.triplets import Triplets
 
 MAX_Z = 94
@@ -213,8 +214,12 @@ def _outputs(blocks: nn.ModuleList, atom_sums: list[Tensor], kept: list[Tensor])
     return x.sum(0).squeeze(-1)
 
 
-class DimeNetPP(nn.Module):
-    """DimeNet++: `Graph` (with positions/cell possibly strained) -> atomic energies [N] (eV)."""
+class DimeNetPP(Network):
+    """DimeNet++: `Graph` (with positions/cell possibly strained) -> atomic energies [N] (eV).
+    Its energy gradient is written by hand (`energy_gradient`, models/dimenet_grad.py)."""
+
+    family = "dimenet++"
+    explicit_gradient = True
 
     def __init__(self, cfg: DimeNetConfig | None = None) -> None:
         super().__init__()
@@ -229,6 +234,26 @@ class DimeNetPP(nn.Module):
     @property
     def cutoff(self) -> float:
         return self.cfg.cutoff
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+    @classmethod
+    def from_config(cls, config: dict) -> DimeNetPP:
+        return cls(DimeNetConfig(**config))
+
+    def blocks(self) -> list[tuple[str, list[str]]]:
+        """Bases, embedding, then each interaction with the output block that reads it."""
+        out = [("basis", ["rbf.*", "sbf.*"]), ("embedding", ["embedding.*"]),
+               ("output:0", ["outputs.0.*"])]
+        for k in range(len(self.interactions)):
+            out += [(f"interaction:{k}", [f"interactions.{k}.*"]),
+                    (f"output:{k + 1}", [f"outputs.{k + 1}.*"])]
+        return out
+
+    def block_aliases(self) -> dict[str, list[str]]:
+        return {"interactions": [f"interaction:{k}" for k in range(len(self.interactions))],
+                "outputs": [f"output:{k}" for k in range(len(self.outputs))]}
 
     def forward(self, graph: Graph, positions: Tensor, cell: Tensor) -> Tensor:
         """Per-atom energies [N] for the given (differentiable) positions [N,3] and cell [B,3,3]."""

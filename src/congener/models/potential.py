@@ -1,10 +1,11 @@
 """The Potential contract: `Graph` -> `Prediction` (energy, forces, stress).
 
 A `Potential` wraps any module that maps (graph, positions, cell) to per-atom energies and
-adds per-element reference energies. Forces = -dE/dx and stress = (1/V) dE/d(strain) (ASE
-sign: positive = tensile) come from one autograd call, written once here, or, for a network
-that offers `energy_gradient` (DimeNet++) and when no autograd graph is asked for, from its
-hand-written gradient with respect to the edge vectors.
+adds per-element reference energies. The network is any model family (`models.family.Network`:
+DimeNet++, CHGNet, SevenNet). Forces = -dE/dx and stress = (1/V) dE/d(strain) (ASE sign:
+positive = tensile) come from one autograd call, written once here, or, for a family whose
+class declares a hand-written gradient (DimeNet++) and when no autograd graph is asked for,
+from that gradient with respect to the edge vectors.
 """
 
 from __future__ import annotations
@@ -96,11 +97,11 @@ class Potential(nn.Module):
         """Energy [B], forces [N,3] and optionally stress [B,3,3] of a batched graph.
 
         `create_graph=True` keeps the autograd graph (training on energies, forces, stress);
-        otherwise the outputs are detached, and a network with an `energy_gradient` method
-        (DimeNet++) gives its energy gradient without autograd (`_explicit`).
+        otherwise the outputs are detached, and a family with `explicit_gradient` (DimeNet++)
+        gives its energy gradient without autograd (`_explicit`).
         """
         self.check_species(graph.species)
-        if not create_graph and hasattr(self.network, "energy_gradient"):
+        if not create_graph and self.network.explicit_gradient:
             return self._explicit(graph, stress)
         positions = graph.positions
         cell = graph.cell
