@@ -10,7 +10,7 @@ from congener.testing import predict
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
 from congener.training.trainer import fit
-from congener.training.transfer import freeze, lr_scales, map_species, select
+from congener.training.transfer import describe_blocks, freeze, lr_scales, map_species, select
 from tests.conftest import rattled_diamond, small_potential
 from tests.test_training import sw_labelled
 
@@ -44,10 +44,24 @@ def test_select_parts():
     assert emb and all(n.startswith("network.embedding.") for n in emb)
     block1 = select(pot, ["interaction:1"])
     assert block1 and all(n.startswith("network.interactions.1.") for n in block1)
-    with pytest.raises(ConfigError, match="no interaction block"):
+    with pytest.raises(ConfigError, match="'interaction:7' matches no block"):
         select(pot, ["interaction:7"])
-    with pytest.raises(ConfigError, match="matches no parameter"):
+    with pytest.raises(ConfigError, match="matches no block or parameter"):
         select(pot, ["nonsense*"])
+    # mace-freeze's vocabulary: the first / last N blocks in the order data flows through them
+    order = ["basis", "embedding", "output:0", "interaction:0", "output:1", "interaction:1",
+             "output:2"]
+    assert [name for name, _ in describe_blocks(pot)] == order
+    first3 = set(select(pot, ["first:3"]))
+    assert first3 == set(select(pot, ["basis", "embedding", "output:0"]))
+    assert set(select(pot, ["last:2"])) == set(select(pot, ["interaction:1", "output:2"]))
+    assert set(select(pot, ["first:-2"])) == set(select(pot, ["last:2"]))  # negative = last
+    assert set(select(pot, ["interactions"])) == set(select(pot, ["interaction:*"]))
+    with pytest.raises(ConfigError, match=r"count of blocks in 1\.\.7"):
+        select(pot, ["first:8"])
+    # every parameter in exactly one block; the counts add up to the model's size
+    sizes = dict(describe_blocks(pot))
+    assert sum(sizes.values()) == sum(p.numel() for p in pot.parameters())
 
 
 def test_frozen_parameters_are_bit_identical_after_training():

@@ -2,10 +2,19 @@
 
 - `map_species`: a target-element potential initialised from a source potential (all weights
   copied; the target's embedding row starts as the source element's row, or fresh).
+- `restrict_elements`: the same potential with its element table narrowed to the elements of
+  the target data (a fine-tuned foundation model knows what it was fine-tuned on).
 - `freeze` / `lr_scales`: hard freezing (requires_grad=False) or soft freezing (a learning-rate
-  factor) of parts selected by name: `embedding`, `interactions`, `interaction:<k>`, `outputs`,
-  `output:<k>`, `basis`, or any fnmatch pattern over parameter names (`network.lin*`).
-- Energy references are refitted on the target data by the trainer (`fit_energy_refs`).
+  factor) of parts, in the words of Radova et al.'s mace-freeze and the family's own block
+  names (`Network.blocks()`, in the order data flows through them):
+    `first:N` / `last:N`   the first (or last) N blocks;
+    a block name           `interaction:2` (DimeNet++), `atom_conv:0`, `readout` (CHGNet) ...;
+    an alias               `interactions`, `outputs`, `embeddings` ... (`block_aliases()`);
+    a pattern              fnmatch over block names (`atom_conv:*`) or, failing that, over
+                           parameter names (`network.lin*`).
+  `describe_blocks` lists the blocks with their parameter counts (`--list-blocks`).
+- Energy references are refitted on the target data by the trainer (`fit_energy_refs`; the
+  training configuration's `refs` says keep, refit or train).
 """
 
 from __future__ import annotations
@@ -18,14 +27,8 @@ import torch
 from ase.data import atomic_numbers
 
 from congener.errors import ConfigError, DataError
+from congener.models.family import block_parameters
 from congener.models.potential import Potential
-
-PARTS = {
-    "embedding": ["network.embedding.*"],
-    "interactions": ["network.interactions.*"],
-    "outputs": ["network.outputs.*"],
-    "basis": ["network.rbf.*", "network.sbf.*"],
-}
 
 
 def map_species(source: Potential, mapping: dict[str, str], *, fresh_embedding: bool = False,
@@ -60,26 +63,72 @@ def map_species(source: Potential, mapping: dict[str, str], *, fresh_embedding: 
     return new
 
 
+def _blocks(potential: Potential) -> list[tuple[str, list[str]]]:
+    """(block, full parameter names) in the family's order."""
+    return [(name, [f"network.{p}" for p in params])
+            for name, params in block_parameters(potential.network)]
+
+
+def describe_blocks(potential: Potential) -> list[tuple[str, int]]:
+    """Each block with its number of parameters (scalars), in the family's order."""
+    sizes = {n: p.numel() for n, p in potential.named_parameters()}
+    return [(name, sum(sizes[p] for p in params)) for name, params in _blocks(potential)]
+
+
+def _part(part: str, blocks: list[tuple[str, list[str]]], aliases: dict[str, list[str]],
+          names: list[str]) -> list[str]:
+    """Parameter names of one freezing part (see module doc)."""
+    by_name = dict(blocks)
+    kind, sep, count = part.partition(":")
+    if sep and kind in ("first", "last"):
+        if not count.lstrip("-").isdigit() or not 0 < abs(int(count)) <= len(blocks):
+            raise ConfigError(f"freeze: {part!r} needs a count of blocks in 1..{len(blocks)}")
+        n = int(count)
+        chosen = blocks[:n] if (kind == "first") == (n > 0) else blocks[-abs(n):]
+        return [p for _, params in chosen for p in params]
+    if part in by_name:
+        return list(by_name[part])
+    if part in aliases:
+        return [p for b in aliases[part] for p in by_name.get(b, [])]
+    matched = [b for b, _ in blocks if fnmatch.fnmatchcase(b, part)]
+    if matched:
+        return [p for b in matched for p in by_name[b]]
+    return [n for n in names if fnmatch.fnmatchcase(n, part)]
+
+
 def select(potential: Potential, parts: Sequence[str]) -> list[str]:
-    """Names of the parameters matched by `parts` (see module docstring). Unknown -> error."""
+    """Names of the parameters matched by `parts` (see module doc). Unknown -> error."""
     names = [n for n, _ in potential.named_parameters()]
+    blocks = _blocks(potential)
+    aliases = potential.network.block_aliases()
     chosen: list[str] = []
-    n_blocks = len(potential.network.interactions)
     for part in parts:
-        kind, _, index = part.partition(":")
-        if kind in ("interaction", "output") and index:
-            if not index.isdigit() or int(index) >= n_blocks + (kind == "output"):
-                raise ConfigError(f"freeze: no {kind} block {index!r} (model has {n_blocks} "
-                                  "interaction and one more output blocks)")
-            patterns = [f"network.{kind}s.{int(index)}.*"]
-        else:
-            patterns = PARTS.get(part, [part])
-        matched = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+        matched = _part(part, blocks, aliases, names)
         if not matched:
-            raise ConfigError(f"freeze: {part!r} matches no parameter (parts: "
-                              f"{', '.join(PARTS)}, interaction:<k>, output:<k>, or a pattern)")
+            listed = ", ".join(b for b, _ in blocks)
+            raise ConfigError(f"freeze: {part!r} matches no block or parameter of this "
+                              f"{potential.network.family} model (blocks: {listed}; aliases: "
+                              f"{', '.join(aliases) or 'none'}; or first:N, last:N, a pattern)")
         chosen += [n for n in matched if n not in chosen]
     return chosen
+
+
+def restrict_elements(potential: Potential, elements: Sequence[str]) -> Potential:
+    """`potential` with its element table narrowed to `elements` (which it must know); the
+    network and reference energies are shared, not copied."""
+    unknown = [e for e in elements if e not in potential.elements]
+    if unknown:
+        raise DataError(f"the model knows {_short(potential.elements)}, not "
+                        f"{', '.join(unknown)}")
+    new = Potential(potential.network, elements).to(potential.energy_refs.device)
+    new.energy_refs.copy_(potential.energy_refs)
+    new.metadata = dict(getattr(potential, "metadata", {}))
+    return new
+
+
+def _short(elements: Sequence[str]) -> str:
+    return ", ".join(elements) if len(elements) <= 10 else f"{len(elements)} elements " \
+        f"({elements[0]} to {elements[-1]})"
 
 
 def freeze(potential: Potential, parts: Sequence[str]) -> list[str]:
