@@ -10,6 +10,7 @@ from congener.bounds import check_float, check_int, check_seed
 from congener.errors import ConfigError, first_line
 
 LOSSES = ("mse", "huber")  # TrainConfig.loss: the paper's squared errors, or Huber terms
+REFS = ("refit", "train", "keep")  # TrainConfig.refs: what happens to the reference energies
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class TrainConfig:
     stage) away from where it was.
     `ema_decay` > 0 keeps an exponential moving average of the weights (updated after every
     step, as in MACE and NequIP); validation, checkpoints and the final model then use it.
+    `refs`: the per-element reference energies (Huang et al. 2025's elemental energy
+    referencing): "refit" fits them by least squares on the training data before training and
+    again to the kept weights after it; "train" fits them before and then lets them move with
+    the weights (an energy term is needed for that); "keep" leaves the starting model's values
+    (a foundation model's own references).
     """
 
     epochs: int = 100
@@ -48,6 +54,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # 0 = all cores
     val_every: int = 1  # validate every this many epochs (and at the last one)
+    refs: str = "refit"  # reference energies: "refit", "train" or "keep"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_every"):
@@ -70,6 +77,11 @@ class TrainConfig:
             raise ConfigError(f"train.loss must be {' or '.join(LOSSES)} (got {self.loss!r})")
         check_float("train.huber_delta", self.huber_delta, 0.0, low_open=True)
         check_float("train.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        if self.refs not in REFS:
+            raise ConfigError(f"train.refs must be {', '.join(REFS)} (got {self.refs!r})")
+        if self.refs == "train" and self.energy_weight == 0:
+            raise ConfigError("train.refs 'train' moves the reference energies with the energy "
+                              "term: give energy_weight > 0 (or refs 'refit')")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"train.dtype must be float32 or float64 (got {self.dtype!r})")
 

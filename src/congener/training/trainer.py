@@ -66,17 +66,37 @@ def validate(potential: Potential, data: LabelledSet, cfg: TrainConfig) -> dict[
             "val_force_mae": sums["f_abs"] / max(sums["n_f"], 1)}
 
 
-def _optimizer(potential: Potential, cfg: TrainConfig, lr_scales: dict[str, float] | None
-               ) -> torch.optim.Optimizer:
+def _optimizer(potential: Potential, cfg: TrainConfig, lr_scales: dict[str, float] | None,
+               ref_step: torch.nn.Parameter | None = None) -> torch.optim.Optimizer:
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, p in potential.named_parameters():
         if p.requires_grad:
             groups.setdefault((lr_scales or {}).get(name, 1.0), []).append(p)
-    if not groups:
+    if not groups and ref_step is None:
         raise ConfigError("every parameter is frozen: nothing would be trained; freeze fewer "
                           "parts")
+    extra = [] if ref_step is None else [{"params": [ref_step], "lr": cfg.lr, "scale": 1.0}]
     return torch.optim.Adam([{"params": ps, "lr": cfg.lr * s, "scale": s}
-                             for s, ps in groups.items()])
+                             for s, ps in groups.items()] + extra)
+
+
+def _ref_step(potential: Potential, cfg: TrainConfig) -> torch.nn.Parameter | None:
+    """With refs "train": the reference energies' update of one step, a float64 parameter that
+    the loss sees (added to the energies) and that is folded into `energy_refs` after every
+    step (`_fold_refs`), so the potential always holds its current references."""
+    if cfg.refs != "train":
+        return None
+    return torch.nn.Parameter(torch.zeros_like(potential.energy_refs))
+
+
+@torch.no_grad()
+def _fold_refs(potential: Potential, ref_step: torch.nn.Parameter,
+               ema: AveragedModel | None) -> None:
+    allowed = potential.allowed.to(ref_step.device)
+    potential.energy_refs.add_(ref_step.masked_fill(~allowed, 0.0))
+    ref_step.zero_()
+    if ema is not None:  # the moving average keeps buffers as copies: give it the new ones
+        ema.module.energy_refs.copy_(potential.energy_refs)
 
 
 def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int,
@@ -100,7 +120,8 @@ def _ema(potential: Potential, cfg: TrainConfig) -> AveragedModel | None:
 
 def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
                  opt: torch.optim.Optimizer, rng: np.random.Generator, epoch: int,
-                 ema: AveragedModel | None) -> dict[str, float]:
+                 ema: AveragedModel | None, ref_step: torch.nn.Parameter | None = None
+                 ) -> dict[str, float]:
     param = next(potential.parameters())
     sums, count = np.zeros(4), 0
     step = epoch * math.ceil(len(data) / cfg.batch_size)  # updates before this epoch
@@ -114,15 +135,22 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
         step += 1
         opt.zero_grad(set_to_none=True)
         pred = potential(graph, stress=cfg.stress_weight > 0, create_graph=True)
+        if ref_step is not None:
+            step_refs = ref_step.index_select(0, graph.species)
+            pred.energy = pred.energy + torch.zeros_like(pred.energy).index_add(
+                0, graph.batch, step_refs)
         terms = loss(pred, ref, cfg)
         if not torch.isfinite(terms.total):
             raise SimulationUnstable(f"training loss became {float(terms.total.detach())} at epoch "
                                      f"{epoch}{_culprits(pred, data, indices)}")
         # Only parameter gradients: skips the unused second derivative w.r.t. positions.
-        terms.total.backward(inputs=[p for p in potential.parameters() if p.requires_grad])
+        terms.total.backward(inputs=[p for p in potential.parameters() if p.requires_grad]
+                             + ([ref_step] if ref_step is not None else []))
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(potential.parameters(), cfg.grad_clip)
         opt.step()
+        if ref_step is not None:
+            _fold_refs(potential, ref_step, ema)
         if ema is not None:
             ema.update_parameters(potential)
         n = len(ref.energy)
@@ -159,9 +187,10 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     """Train `potential` in place on `train`, selecting the best epoch on `val`.
 
     Parameters with requires_grad=False stay untouched (frozen transfer); `lr_scales` maps
-    parameter names to learning-rate factors (soft freezing). The energy references are fitted
-    by least squares on `train` before training and refitted to the kept weights after it (see
-    `_finish`). With `run_dir`, checkpoints are written every epoch and an interrupted run
+    parameter names to learning-rate factors (soft freezing). The energy references follow
+    `cfg.refs`: by default fitted by least squares on `train` before training and refitted to
+    the kept weights after it (see `_finish`); "train" lets them move with the weights, "keep"
+    leaves them. With `run_dir`, checkpoints are written every epoch and an interrupted run
     resumes from them; the folder is locked while the run trains (a second process gets one
     line naming the first).
     """
@@ -182,8 +211,10 @@ def _fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainC
     potential.to(device=device, dtype=dtype)
     # Energy mode learns on top of the references; in force-only mode fitting them first makes
     # validation energies meaningful. Both modes refit them after training (`_finish`).
-    fit_energy_refs(potential, train)
-    opt = _optimizer(potential, cfg, lr_scales)
+    if cfg.refs != "keep":
+        fit_energy_refs(potential, train)
+    ref_step = _ref_step(potential, cfg)
+    opt = _optimizer(potential, cfg, lr_scales, ref_step)
     ema = _ema(potential, cfg)
     # the weights that are validated and kept: the moving average when there is one
     kept = potential if ema is None else ema.module
@@ -202,7 +233,7 @@ def _fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainC
         potential.train()
         lr = _set_lr(opt, cfg, epoch)
         try:
-            epoch_terms = _train_epoch(potential, train, cfg, opt, rng, epoch, ema)
+            epoch_terms = _train_epoch(potential, train, cfg, opt, rng, epoch, ema, ref_step)
         except SimulationUnstable as exc:
             _stop_unstable(exc, potential, train, cfg, best_state, state, run_dir, metadata)
         row = {"epoch": epoch, "lr": lr, **epoch_terms}
@@ -233,7 +264,8 @@ def _fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainC
 def _finish(potential: Potential, train: LabelledSet, cfg: TrainConfig, best_state: dict,
             state: dict, run_dir: Path | None, metadata: dict[str, Any] | None, seconds: float,
             note: str | None = None) -> TrainResult:
-    """Load the best weights, refit the energy references to them, write model.pt.
+    """Load the best weights, refit the energy references to them (refs "refit"; "train"
+    keeps the best epoch's, "keep" the starting values), write model.pt.
 
     Force-only training leaves the energy constant free (the paper fits it afterwards). With an
     energy term the network still keeps a mean per-atom offset on its own training data (the
@@ -243,7 +275,8 @@ def _finish(potential: Potential, train: LabelledSet, cfg: TrainConfig, best_sta
     refitted after training").
     """
     potential.load_state_dict(best_state)
-    fit_energy_refs(potential, train)
+    if cfg.refs == "refit":
+        fit_energy_refs(potential, train)
     best_row = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
     result = TrainResult(state["history"], state["best_epoch"], best_row,
                          potential.get_energy_refs(), seconds, run_dir,
