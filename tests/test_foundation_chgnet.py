@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-
-pytest.importorskip("chgnet")
-
 from chgnet.model import CHGNet
 from pymatgen.io.ase import AseAtomsAdaptor
 

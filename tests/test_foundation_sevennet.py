@@ -13,8 +13,6 @@ import pytest
 import torch
 from ase import Atoms
 
-pytest.importorskip("sevenn")
-
 from congener.calculator import CongenerCalculator
 from congener.graph import build_graph
 from congener.models.checkpoint import load_potential, save_potential

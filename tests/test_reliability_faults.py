@@ -371,3 +371,27 @@ def test_map_given_twice_is_refused(data, tmp_path, invoke):
     save_potential(tmp_path / "si.pt", small_potential(("Si",), cutoff=4.0))
     base = ["transfer", tmp_path / "si.pt", "--train", data / "ge.extxyz", "-o", tmp_path / "r"]
     one_error_line(invoke(*base, "--map", "Si=Ge", "--map", "Si=C"), "maps Si twice")
+
+
+@pytest.mark.parametrize(("source", "needle"), [
+    ("chgnet:9.9.9", "unknown chgnet model '9.9.9' (known: chgnet:0.3.0"),
+    ("mace:medium", "'mace' is not a foundation family"),
+    ("nowhere.pt", "no such checkpoint"),
+])
+@reliability("traceback", "an unknown foundation name or checkpoint: one line naming the known")
+def test_unknown_sources_give_one_line(data, tmp_path, invoke, source, needle):
+    one_error_line(invoke("evaluate", source, data / "si.extxyz"), needle)
+    one_error_line(invoke("transfer", source, "--list-blocks"), needle)
+
+
+@reliability("late", "a new element without --map, a block the model lacks: one line each")
+def test_transfer_without_map_and_unknown_block(data, tmp_path, invoke):
+    save_potential(tmp_path / "si.pt", small_potential(("Si",), cutoff=4.0))
+    base = ["transfer", tmp_path / "si.pt", "--train", data / "ge.extxyz", "--val",
+            data / "ge.extxyz", "-o", tmp_path / "r"]
+    one_error_line(invoke(*base), "knows Si, not Ge", "--map Si=Ge")
+    one_error_line(invoke(*base, "--map", "Si=Ge", "--freeze", "atom_conv:0"),
+                   "'atom_conv:0' matches no block", "interaction:0")
+    res = invoke("transfer", tmp_path / "si.pt", "--list-blocks")
+    assert res.exit_code == 0 and "interaction:1" in res.output and "total" in res.output
+    one_error_line(invoke("transfer", tmp_path / "si.pt", "--map", "Si=Ge"), "--train")

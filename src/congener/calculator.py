@@ -11,8 +11,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from congener.graph import build_graph
-from congener.models.checkpoint import load_potential
 from congener.models.potential import Potential
+from congener.models.registry import load_source
 from congener.runtime import resolve_device, resolve_dtype
 
 
@@ -31,8 +31,9 @@ class CongenerCalculator(Calculator):
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", dtype: str = "float64"
                         ) -> CongenerCalculator:
-        """Load a checkpoint written by `congener train` / `save_potential`."""
-        return cls(load_potential(path, dtype=resolve_dtype(dtype)), device=device, dtype=dtype)
+        """Load a checkpoint written by `congener train` / `save_potential`, or a foundation
+        model by name (`chgnet:0.3.0`, `sevennet:7net-0`, see `models.registry`)."""
+        return cls(load_source(path, dtype=resolve_dtype(dtype)), device=device, dtype=dtype)
 
     def calculate(self, atoms: Atoms | None = None, properties: list[str] | None = None,
                   system_changes: list[str] = all_changes) -> None:

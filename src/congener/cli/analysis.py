@@ -161,7 +161,7 @@ def md_command(model: str, structure: str, temperature: float, timestep: float, 
 
     from congener.analysis.md import check_settings, describe_criterion, run_md
     from congener.analysis.stability import stability_summary
-    from congener.models.checkpoint import load_potential
+    from congener.models.registry import load_source
     from congener.runtime import resolve_device
 
     if no_stability_check and min_distance is not None:
@@ -182,7 +182,7 @@ def md_command(model: str, structure: str, temperature: float, timestep: float, 
                           f"at step {(steps // sample_every) * sample_every} (--sample-every "
                           f"{sample_every}, --steps {steps})")
     atoms = _read_structure(structure)
-    potential = load_potential(model, device=resolve_device(device))
+    potential = load_source(model, device=resolve_device(device))
     with tqdm(total=steps, unit="step", desc="MD", disable=None) as bar:
 
         def progress(step: int, state: Any) -> None:

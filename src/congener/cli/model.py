@@ -13,9 +13,12 @@ from congener.errors import ConfigError
 from congener.files import output_folder, write_json
 
 
-def _train_options(fn):
+def _train_options(fn=None, *, required: bool = True):
+    if fn is None:
+        return lambda f: _train_options(f, required=required)
     options = [
-        click.option("--train", "train_file", required=True, help="Training structures (extxyz)."),
+        click.option("--train", "train_file", required=required,
+                     help="Training structures (extxyz)."),
         click.option("--val", "val_file", default=None,
                      help="Validation structures [default: --val-fraction of --train]."),
         click.option("--val-fraction", type=float, default=0.1, show_default=True),
@@ -44,7 +47,11 @@ def _train_options(fn):
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None),
-        click.option("-o", "--output", "run_dir", required=True,
+        click.option("--refs", type=click.Choice(["refit", "train", "keep"]), default=None,
+                     help="Per-element reference energies: refit by least squares on the "
+                          "training data before and after training, train them with the "
+                          "weights, or keep the starting model's [default: refit]."),
+        click.option("-o", "--output", "run_dir", required=required,
                      help="Run folder (checkpoints, history, model.pt); rerun to resume."),
     ]
     for option in reversed(options):
@@ -119,7 +126,8 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
 
 
 _OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress_weight", "loss",
-              "huber_delta", "ema_decay", "warmup_steps", "patience", "seed", "device", "dtype")
+              "huber_delta", "ema_decay", "warmup_steps", "patience", "seed", "device", "dtype",
+              "refs")
 
 
 @cli.command("train")
@@ -156,27 +164,39 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
 
 @cli.command("transfer")
 @click.argument("source_model")
-@click.option("--map", "mapping", required=True, multiple=True,
-              help="SOURCE=TARGET element mapping, e.g. Si=Ge (repeatable).")
+@click.option("--map", "mapping", multiple=True,
+              help="SOURCE=TARGET element mapping, e.g. Si=Ge (repeatable; congener DimeNet++ "
+                   "sources: foundation models know the target element already).")
 @click.option("--fresh-embedding", is_flag=True,
               help="Start the target embedding row fresh instead of from the source row.")
 @click.option("--freeze", "freeze_parts", default=None,
-              help="Comma-separated parts to freeze: embedding, interactions, interaction:K, "
-                   "outputs, output:K, basis, or parameter-name patterns.")
+              help="Comma-separated parts to freeze: first:N or last:N blocks, block names "
+                   "or aliases (see --list-blocks), or patterns over block or parameter names.")
+@click.option("--list-blocks", is_flag=True,
+              help="Print the source model's blocks with their parameter counts and exit.")
 @click.option("--soft-freeze", type=float, default=None,
               help="Instead of freezing, scale the learning rate of --freeze parts by this.")
 @click.option("--scale", "scale", default="none", show_default=True,
               help="Corresponding-states start: 'auto' fits a length and an energy scale to "
                    "the training forces (target distances x S, energies x MU), 'S,MU' sets "
                    "them, 'none' starts from the source as it is.")
-@_train_options
-def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_freeze, scale,
-                     train_file, val_file, val_fraction, test_file, config_file, run_dir,
-                     **overrides):
-    """Fine-tune a source-element model on target-element data (all parameters by default)."""
-    from congener.data.structures import file_hash_of
-    from congener.models.checkpoint import load_potential
+@_train_options(required=False)
+def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, list_blocks,
+                     soft_freeze, scale, train_file, val_file, val_fraction, test_file,
+                     config_file, run_dir, **overrides):
+    """Fine-tune SOURCE_MODEL on target data (all parameters by default). SOURCE_MODEL is a
+    congener checkpoint or a foundation model: chgnet:0.3.0, chgnet:0.2.0, chgnet:r2scan,
+    sevennet:7net-0, ..."""
+    from congener.data.structures import elements_of, file_hash_of
+    from congener.models.registry import load_source
     from congener.training import scaling, transfer
+
+    if list_blocks:
+        _list_blocks(load_source(source_model))
+        return
+    for value, option in ((train_file, "--train"), (run_dir, "-o/--output")):
+        if not value:
+            raise ConfigError(f"missing option {option}")
 
     pairs: dict[str, str] = {}
     for item in mapping:
@@ -194,9 +214,12 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
         raise ConfigError("--soft-freeze scales the parts named by --freeze; give --freeze too")
     _, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES},
                       fixed_model="a transfer keeps the source model's architecture")
-    potential = transfer.map_species(load_potential(source_model), pairs,
-                                     fresh_embedding=fresh_embedding, seed=cfg.seed)
+    source = load_source(source_model)
+    if scale != "none" and source.network.family != "dimenet++":
+        raise ConfigError("--scale (corresponding states) rescales DimeNet++ models only")
     train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
+    potential = transfer.start_from(source, pairs, elements_of(train),
+                                    fresh_embedding=fresh_embedding, seed=cfg.seed)
     meta = {"mode": "transfer", "source_model": str(source_model), "mapping": pairs,
             "train_data": file_hash_of(train_file)}
     if scale != "none":
@@ -219,6 +242,20 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, soft_
             names = transfer.freeze(potential, parts)
             click.echo(f"frozen: {len(names)} parameter tensors ({', '.join(parts)})")
     _run(potential, train, val, None, cfg, run_dir, test_file, lr_scales=scales, meta=meta)
+
+
+def _list_blocks(potential) -> None:
+    from congener.training.transfer import describe_blocks
+
+    blocks = describe_blocks(potential)
+    click.echo(f"{potential.network.family} model, {len(blocks)} blocks in the order data flows "
+               "through them (freeze with --freeze first:N, last:N or names):")
+    for k, (name, count) in enumerate(blocks):
+        click.echo(f"  {k:3d}  {name:<24} {count:>10,d}")
+    click.echo(f"  {'':3}  {'total':<24} {sum(c for _, c in blocks):>10,d}")
+    aliases = potential.network.block_aliases()
+    if aliases:
+        click.echo("aliases: " + "; ".join(f"{a} = {', '.join(b)}" for a, b in aliases.items()))
 
 
 def _scales(potential, train, value: str):
@@ -256,9 +293,9 @@ def evaluate_command(model, data, by, plot, json_out):
     from congener.analysis.errors import breakdown, evaluate, metrics, parity_plot
     from congener.data.structures import read_structures, shortest_distance
     from congener.errors import DataError
-    from congener.models.checkpoint import load_potential
+    from congener.models.registry import load_source
 
-    potential = load_potential(model, dtype=__import__("torch").float64)
+    potential = load_source(model, dtype=__import__("torch").float64)
     structures, origins = [], []  # origins: (file, index in the file) of each structure
     for f in data:
         read = read_structures(f)

@@ -126,6 +126,28 @@ def restrict_elements(potential: Potential, elements: Sequence[str]) -> Potentia
     return new
 
 
+def start_from(source: Potential, mapping: dict[str, str] | None, elements: Sequence[str], *,
+               fresh_embedding: bool = False, seed: int = 0) -> Potential:
+    """The starting model of a fine-tuning on data with `elements`: the source with its
+    elements mapped (`map_species`, DimeNet++ sources) when `mapping` is given, narrowed to
+    `elements` (a foundation model fine-tuned on Ge is a Ge model)."""
+    family = source.network.family
+    if mapping:
+        if family != "dimenet++":
+            raise ConfigError(f"a {family} model embeds every element of its table already; "
+                              "--map starts a new element from a congener DimeNet++ model")
+        source = map_species(source, mapping, fresh_embedding=fresh_embedding, seed=seed)
+    elif fresh_embedding:
+        raise ConfigError("--fresh-embedding applies to the elements named by --map")
+    missing = [e for e in elements if e not in source.elements]
+    if missing:
+        hint = ("; give --map SOURCE=TARGET (e.g. --map Si=Ge) to start it from a known element"
+                if family == "dimenet++" else f": outside the {family} element table")
+        raise DataError(f"the source model knows {_short(source.elements)}, not "
+                        f"{', '.join(missing)}{hint}")
+    return restrict_elements(source, elements)
+
+
 def _short(elements: Sequence[str]) -> str:
     return ", ".join(elements) if len(elements) <= 10 else f"{len(elements)} elements " \
         f"({elements[0]} to {elements[-1]})"
