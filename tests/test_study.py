@@ -267,3 +267,54 @@ def test_scaled_mode_fits_scales_per_run_and_reports_them(files, tmp_path, monke
     monkeypatch.setattr(run_module, "fit_scales", refit)
     run_study(cfg, tmp_path / "study")
     assert json.loads((run / "metrics.json").read_text())["scales"] == scales
+
+
+def test_arms_compare_scratch_a_family_checkpoint_zero_shot_and_frozen(files, tmp_path):
+    """One study with arms: scratch, a CHGNet checkpoint fine-tuned with its first block
+    frozen and its references kept, the same checkpoint zero-shot; ranking and speed."""
+    from congener.models.checkpoint import save_potential
+    from tests.test_foundation_chgnet import small_chgnet
+
+    save_potential(tmp_path / "chg.pt", small_chgnet(seed=4).float())
+    arms = [{"name": "scratch", "start": "scratch"},
+            {"name": "chg-ft", "start": str(tmp_path / "chg.pt"), "freeze": ["first:1"],
+             "refs": "keep", "train": {"lr": 0.002, "lr_final": 0.001}},
+            {"name": "chg-zero", "start": str(tmp_path / "chg.pt"), "zero_shot": True}]
+    values = tiny_values(files, sizes=[2], seeds=[0, 1], temperature=None, workers=1)
+    values.pop("modes")
+    cfg = study_config({**values, "arms": arms})
+    assert cfg.arm_names() == ["scratch", "chg-ft", "chg-zero"] and not cfg.uses_source()
+    report = run_study(cfg, tmp_path / "s")
+    text = report.read_text()
+    assert "## Arms ranked at each size" in text and "| chg-zero |" in text
+    zero = json.loads((tmp_path / "s" / "runs" / "chg-zero-n2-s0" / "metrics.json").read_text())
+    assert zero["epochs"] == 0 and zero["family"] == "chgnet"
+    ft = json.loads((tmp_path / "s" / "runs" / "chg-ft-n2-s1" / "config.json").read_text())
+    assert ft["frozen"] and ft["train"]["refs"] == "keep" and ft["train"]["lr"] == 0.002
+    speed = json.loads((tmp_path / "s" / "speed" / "chg-ft.json").read_text())
+    assert speed["ef_ms"] > 0 and speed["md_steps_per_s"] > 0
+    assert not (tmp_path / "s" / "source").exists()  # no congener source needed
+    # an arm that changes its definition under the same name is refused on a rerun
+    arms[1] = {**arms[1], "refs": "refit"}
+    with pytest.raises(ConfigError, match="arm chg-ft"):
+        run_study(study_config({**values, "arms": arms}), tmp_path / "s")
+
+
+@pytest.mark.parametrize(("arms", "needle"), [
+    ([{"name": "a b", "start": "scratch"}], "arm name 'a b'"),
+    ([{"name": "x", "start": "scratch"}, {"name": "x", "start": "transfer"}], "named twice"),
+    ([{"name": "z", "start": "scratch", "zero_shot": True}], "zero_shot evaluates"),
+    ([{"name": "c", "start": "chgnut:0.3.0"}], "neither a file nor a foundation"),
+    ([{"name": "c", "start": "chgnet:0.3.0", "train": {"lrr": 1}}], "unknown train setting"),
+    ([{"name": "c", "start": "scratch", "freeze": ["first:1"]}], "freeze applies to"),
+    ([{"start": "scratch"}], "needs name"),
+])
+@pytest.mark.reliability("late", "a bad arm: one line before anything runs")
+def test_bad_arms_are_refused(arms, needle):
+    with pytest.raises(ConfigError, match=needle):
+        study_config({"arms": arms})
+
+
+def test_arms_and_modes_together_are_refused():
+    with pytest.raises(ConfigError, match="arms or modes"):
+        study_config({"arms": [{"name": "s", "start": "scratch"}], "modes": ["scratch"]})

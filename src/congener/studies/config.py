@@ -10,6 +10,8 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     sizes: [1, 10, 50]
     seeds: [0, 1, 2]
     modes: [scratch, transfer]   # also: frozen, scaled (transfer from a corresponding-states start)
+    arms: [{name: chgnet-ft, start: "chgnet:0.3.0", freeze: [first:3], refs: refit}, ...]
+                                  # instead of modes: any start (studies.arms), zero-shot too
     budget: {updates: 150, min_epochs: 5, max_epochs: 150, validations: 15}
     model: {cutoff: 4.3}          # DimeNetConfig fields (a given source model must match)
     train: {lr: 0.001, ...}       # TrainConfig fields (the base of every run)
@@ -39,6 +41,7 @@ from congener.analysis.md import check_settings as check_md_settings
 from congener.bounds import MAX_SEED, check_float, check_floats, check_int, check_ints
 from congener.errors import ConfigError
 from congener.models.dimenet import MAX_Z, DimeNetConfig
+from congener.studies.arms import Arm, arm_from_dict, builtin, check_arms
 from congener.training.config import TrainConfig, from_dict, read_mapping
 
 
@@ -191,9 +194,13 @@ class StudyConfig:
     phonons: PhononStage | None = field(default_factory=PhononStage)
     md: MDStage | None = field(default_factory=MDStage)
     workers: int = 2
+    arms: tuple[Arm, ...] = ()  # when given, the study's arms (`modes` is then unused)
 
     def __post_init__(self) -> None:
         _check_text("name", self.name)
+        if not isinstance(self.arms, tuple) or not all(isinstance(a, Arm) for a in self.arms):
+            raise ConfigError("arms must be a list of mappings with name and start")
+        check_arms(self.arms)
         for key, kind in (("target", TargetSpec), ("source", SourceSpec), ("budget", Budget),
                           ("model", DimeNetConfig), ("train", TrainConfig),
                           ("source_train", TrainConfig), ("temperature", TemperatureSpec),
@@ -213,16 +220,34 @@ class StudyConfig:
             raise ConfigError(f"freeze must be a list of parameter parts such as embedding or "
                               f"interaction:0 (got {self.freeze!r})")
         object.__setattr__(self, "freeze", tuple(self.freeze))
-        if Mode.frozen in self.modes and not self.freeze:
+        if any(a.start == "frozen" and not a.freeze for a in self.arm_list()) \
+                and not self.freeze:
             raise ConfigError("freeze must name at least one part for the frozen mode")
         if self.soft_freeze is not None:
             check_float("soft_freeze", self.soft_freeze, 0.0, 1.0)
         check_int("workers", self.workers, 1)
-        uses_source = any(m != Mode.scratch for m in self.modes)
-        if uses_source and not (self.source.model or self.source.data):
+        if self.uses_source() and not (self.source.model or self.source.data):
             raise ConfigError("source: give a model or data for transfer modes")
         if self.target.val_size < 1:
             raise ConfigError("target.val_size must be >= 1")
+
+    def arm_list(self) -> tuple[Arm, ...]:
+        """The study's arms: `arms`, or the built-in arms of `modes`."""
+        return self.arms or tuple(builtin(str(m)) for m in self.modes)
+
+    def arm(self, name: str) -> Arm:
+        """The arm called `name`; `ConfigError` if there is none."""
+        for arm in self.arm_list():
+            if arm.name == name:
+                return arm
+        raise ConfigError(f"the study has no arm {name!r}")
+
+    def arm_names(self) -> list[str]:
+        return [a.name for a in self.arm_list()]
+
+    def uses_source(self) -> bool:
+        """Whether some arm starts from the study's congener source model."""
+        return any(a.uses_source for a in self.arm_list())
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -312,6 +337,14 @@ def study_config(values: dict[str, Any] | None = None) -> StudyConfig:
             kwargs[key] = (tuple(value) if isinstance(value, list | tuple) else (value,)
                            if isinstance(value, single) and not isinstance(value, bool)
                            else value)
+        elif key == "arms":
+            if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+                raise ConfigError(f"arms must be a non-empty list of mappings with name and "
+                                  f"start (got {value!r})")
+            if "modes" in values:
+                raise ConfigError("give arms or modes, not both (a mode is the arm of its name)")
+            kwargs[key] = tuple(arm_from_dict(v, k) if not isinstance(v, Arm) else v
+                                for k, v in enumerate(value))
         elif key == "modes":
             if isinstance(value, str) or not isinstance(value, list | tuple):
                 raise ConfigError(f"modes must be a list such as [scratch, transfer] "
@@ -337,7 +370,7 @@ class RunSpec:
 
     name: str
     kind: str  # "curve", "temperature" or "hpo"
-    mode: Mode
+    mode: str  # the arm's name (a former mode's name for the built-in arms)
     size: int
     seed: int
     train_idx: tuple[int, ...]
@@ -348,11 +381,16 @@ class RunSpec:
 
 def spec_from_dict(values: dict[str, Any]) -> RunSpec:
     """Inverse of `dataclasses.asdict` for a RunSpec (used in worker processes)."""
-    return RunSpec(**{**values, "mode": Mode(values["mode"]),
+    return RunSpec(**{**values, "mode": str(values["mode"]),
                       "train_idx": tuple(values["train_idx"]),
                       "val_idx": tuple(values["val_idx"])})
 
 
 def config_from_dict(values: dict[str, Any]) -> StudyConfig:
     """Rebuild a StudyConfig from `StudyConfig.as_dict()` (used in worker processes)."""
+    values = dict(values)
+    if values.get("arms"):
+        values.pop("modes", None)  # arms replace modes
+    else:
+        values.pop("arms", None)
     return study_config(values)

@@ -32,8 +32,9 @@ from congener.errors import ConfigError, CongenerError, DataError
 from congener.files import folder_lock, write_json
 from congener.parallel import worker_pool
 from congener.runtime import available_cores
-from congener.studies.config import Mode, RunSpec, StudyConfig, config_from_dict
+from congener.studies.config import RunSpec, StudyConfig, config_from_dict
 from congener.studies.preflight import preflight
+from congener.studies.ranking import measure_speeds
 from congener.studies.sources import load_spec
 
 RunDone = Callable[["RunSpec", dict[str, Any]], None]
@@ -54,10 +55,16 @@ def check_settings(cfg: StudyConfig, study_dir: Path) -> None:
     except ValueError:
         return  # unreadable: rewritten below; run folders carry their own configs
     # through the config classes, so that keys added in later versions get their defaults
+    old_arms: dict[str, Any] = {}
     with contextlib.suppress(CongenerError):
-        old = config_from_dict(old).stored()
+        parsed = config_from_dict(old)
+        old_arms = {a.name: asdict(a) for a in parsed.arm_list()}
+        old = parsed.stored()
     new = cfg.stored()
     changed = [k for k in FIXED_SETTINGS if k in old and old[k] != new.get(k)]
+    # arms may be added or left out later; an arm kept under its name must mean the same
+    changed += [f"arm {a.name}" for a in cfg.arm_list()
+                if a.name in old_arms and old_arms[a.name] != asdict(a)]
     if changed:
         raise ConfigError(f"{study_dir} holds a study with other settings ({', '.join(changed)}"
                           "); use another output folder (-o) or the same settings")
@@ -87,7 +94,7 @@ def prepare_data(cfg: StudyConfig, study_dir: Path, *, workers: int = 1,
                             "structures; both must hold some")
         write_structures(paths["target_test"], test)
         write_structures(paths["target_pool"], pool)
-    needs_source = cfg.source.model is None and any(m != Mode.scratch for m in cfg.modes)
+    needs_source = cfg.source.model is None and cfg.uses_source()
     if needs_source and not paths["source_train"].is_file():
         if progress:
             progress(f"source data: {cfg.source.data}")
@@ -102,7 +109,7 @@ def _has_temperature(structures: Sequence) -> bool:
     return all("temperature" in a.info for a in structures)
 
 
-Choices = dict[Mode, tuple[float, float | None]]  # mode -> (lr, decay) from the search
+Choices = dict[str, tuple[float, float | None]]  # arm -> (lr, decay) from the search
 
 
 def plan_runs(cfg: StudyConfig, pool: Sequence, choices: Choices | None = None
@@ -121,7 +128,7 @@ def plan_runs(cfg: StudyConfig, pool: Sequence, choices: Choices | None = None
     for size in sorted(cfg.sizes):  # small sizes first: early partial results span all seeds
         for seed in cfg.seeds:
             val, subsets = draws[seed]
-            for mode in cfg.modes:
+            for mode in cfg.arm_names():
                 runs.append(RunSpec(f"{mode}-n{size}-s{seed}", "curve", mode, size, seed,
                                     tuple(subsets[size]), val,
                                     *(choices or {}).get(mode, (None, None))))
@@ -148,7 +155,7 @@ def _temperature_runs(cfg: StudyConfig, pool: Sequence, choices: Choices | None
         val, rest = tuple(sorted(perm[:n_val])), perm[n_val:]
         subsets = nested_subsets(rest, spec.sizes, seed=seed)
         for size in spec.sizes:
-            for mode in cfg.modes:
+            for mode in cfg.arm_names():
                 runs.append(RunSpec(f"T{nearest:.0f}-{mode}-n{size}-s{seed}", "temperature",
                                     mode, size, seed, tuple(subsets[size]), val,
                                     *(choices or {}).get(mode, (None, None))))
@@ -170,7 +177,7 @@ def plan_hpo(cfg: StudyConfig, pool: Sequence) -> list[RunSpec]:
 def best_settings(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> Choices:
     """Per mode, the (lr, decay) with the lowest validation loss among the search runs (a run
     that never validated a finite loss counts as infinitely bad, not as an error)."""
-    best: dict[Mode, tuple[float, float, float | None]] = {}
+    best: dict[str, tuple[float, float, float | None]] = {}
     for spec, res in results:
         score = (res.get("val") or {}).get("val_loss", math.inf)
         score = score if isinstance(score, int | float) and math.isfinite(score) else math.inf
@@ -276,8 +283,9 @@ def _report_only(cfg: StudyConfig, study_dir: Path) -> tuple[Path, int]:
     source = study_dir / "source" / "metrics.json"
     src = json.loads(source.read_text()) if source.is_file() else None
     extra = "\n".join(_stages(cfg, study_dir, results, cached_only=True))
+    speeds = measure_speeds(study_dir, results, cached_only=True)
     return write_report(cfg, study_dir, results, src, extra=extra,
-                        failed=failures(study_dir, specs)), len(results)
+                        failed=failures(study_dir, specs), speeds=speeds), len(results)
 
 
 def _stages(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict[str, Any]]],
@@ -306,7 +314,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, *,
     from congener.studies.run import check_source_architecture
 
     study_dir = Path(study_dir)
-    if cfg.source.model and any(m != Mode.scratch for m in cfg.modes):
+    if cfg.source.model and cfg.uses_source():
         check_source_architecture(cfg)  # before any settings are stored
     with folder_lock(study_dir, f"study {study_dir}"):
         check_settings(cfg, study_dir)
@@ -324,7 +332,7 @@ def _run_locked(cfg: StudyConfig, study_dir: Path, log: Callable[[str], None] | 
     say = log or (lambda _msg: None)
     prepare_data(cfg, study_dir, workers=max(cfg.workers, available_cores()), progress=say)
     source = {}
-    if any(m != Mode.scratch for m in cfg.modes):
+    if cfg.uses_source():
         say(f"source model: {cfg.source.model or 'training on ' + str(cfg.source.data)}")
         source = train_source(cfg, study_dir, callback=on_epoch)
     pool = read_structures(study_dir / "data" / "target_pool.extxyz")
@@ -344,8 +352,10 @@ def _run_locked(cfg: StudyConfig, study_dir: Path, log: Callable[[str], None] | 
     results = execute(cfg, study_dir, specs, on_done=on_done)
     failed = failures(study_dir, [*hpo, *specs])
     write_report(cfg, study_dir, results, source, failed=failed)  # stages may take long
+    speeds = measure_speeds(study_dir, results, say)
     report = write_report(cfg, study_dir, results, source,
-                          extra="\n".join(_stages(cfg, study_dir, results, say)), failed=failed)
+                          extra="\n".join(_stages(cfg, study_dir, results, say)), failed=failed,
+                          speeds=speeds)
     if failed:
         names = ", ".join(sorted(failed)[:5]) + (", ..." if len(failed) > 5 else "")
         raise CongenerError(f"{len(failed)} run(s) failed ({names}): {report} covers the "

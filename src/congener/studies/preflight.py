@@ -18,7 +18,7 @@ from pathlib import Path
 from congener.data.split import stratified_split
 from congener.data.structures import elements_of, read_structures
 from congener.errors import DataError
-from congener.studies.config import Mode, StudyConfig
+from congener.studies.config import StudyConfig
 
 TEST_SEED = 12345  # prepare_data's split seed
 
@@ -148,5 +148,19 @@ def preflight(cfg: StudyConfig, study_dir: str | Path) -> None:
     study_dir = Path(study_dir)
     keys, target = target_outline(cfg, study_dir)
     _check_sizes(cfg, keys)
-    if any(m != Mode.scratch for m in cfg.modes):
+    if cfg.uses_source():
         _check_mapping(cfg, _source_elements(cfg, study_dir), target)
+    for arm in cfg.arm_list():
+        if arm.outside_start:
+            _check_outside(arm, target)
+
+
+def _check_outside(arm, target: list[str]) -> None:
+    """A foundation or checkpoint start loads and knows the target's elements."""
+    from congener.models.registry import load_source
+
+    known = load_source(arm.start).elements
+    missing = [e for e in target if e not in known]
+    if missing:
+        raise DataError(f"arm {arm.name}: {arm.start} does not know {', '.join(missing)} "
+                        "of the target data")

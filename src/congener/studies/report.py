@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from congener.studies.config import RunSpec, StudyConfig
+from congener.studies.ranking import ranking_section
 
 COLUMNS = ("name", "kind", "mode", "size", "seed", "lr", "epochs", "seconds",
            "energy_mae", "energy_rmse", "force_mae", "force_rmse", "val_force_mae")
@@ -193,6 +194,20 @@ def scales_section(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[st
     return [*lines, ""]
 
 
+def arms_section(cfg: StudyConfig) -> list[str]:
+    """Markdown lines: how each arm starts (only for studies that declare arms)."""
+    if not cfg.arms:
+        return []
+    lines = ["## Arms", "", "| arm | start | zero-shot | frozen | soft-freeze | refs | train "
+             "overrides |", "|---|---|---|---|---|---|---|"]
+    for a in cfg.arms:
+        lines.append(f"| {a.name} | `{a.start}` | {'yes' if a.zero_shot else ''} | "
+                     f"{', '.join(a.freeze or ())} | {a.soft_freeze if a.soft_freeze else ''} | "
+                     f"{a.refs or cfg.train.refs} | "
+                     f"{', '.join(f'{k}={v}' for k, v in a.train.items())} |")
+    return [*lines, ""]
+
+
 def _paired(value: tuple[float, float, int, int] | None) -> str:
     if value is None:
         return ""
@@ -203,7 +218,8 @@ def _paired(value: tuple[float, float, int, int] | None) -> str:
 def write_report(cfg: StudyConfig, study_dir: Path,
                  results: Sequence[tuple[RunSpec, dict[str, Any]]],
                  source: dict[str, Any] | None = None, extra: str = "",
-                 failed: dict[str, str] | None = None) -> Path:
+                 failed: dict[str, str] | None = None,
+                 speeds: dict[str, dict[str, float]] | None = None) -> Path:
     """results.csv, learning_curves.png, temperature.png and report.md in `study_dir`."""
     table = rows(results)
     write_csv(study_dir / "results.csv", table)
@@ -211,7 +227,7 @@ def write_report(cfg: StudyConfig, study_dir: Path,
     parts = [f"# congener study: {cfg.name}", "",
              f"Target data `{cfg.target.data}`, source `{cfg.source.model or cfg.source.data}`,"
              f" mapping {cfg.mapping}; sizes {list(cfg.sizes)}, seeds {list(cfg.seeds)}, "
-             f"modes {[str(m) for m in cfg.modes]}; DimeNet++ cutoff {cfg.model.cutoff} Å; "
+             f"arms {cfg.arm_names()}; DimeNet++ cutoff {cfg.model.cutoff} Å; "
              f"losses: {'force matching' if cfg.train.force_only else 'energy + force'}.", ""]
     if source:
         v = source.get("val", {})
@@ -222,6 +238,8 @@ def write_report(cfg: StudyConfig, study_dir: Path,
         plot_learning_curves(stats, study_dir / "learning_curves.png")
         parts += ["## Learning curve (test set, mean ± std over seeds)", "",
                   markdown_table(stats, table), "", "![learning curves](learning_curves.png)", ""]
+    parts += ranking_section(cfg, results, speeds or {})
+    parts += arms_section(cfg)
     parts += scales_section(results)
     if any(s.kind == "temperature" for s, _ in results):
         plot_temperature(results, study_dir / "temperature.png")

@@ -15,15 +15,23 @@ from congener import files
 from congener.analysis.errors import breakdown, evaluate, force_mae_per_structure, metrics
 from congener.data.structures import elements_of, file_hash_of, read_structures
 from congener.errors import ConfigError
-from congener.models.checkpoint import build_potential, load_potential, read_checkpoint
+from congener.models.checkpoint import (
+    build_potential,
+    load_potential,
+    read_checkpoint,
+    save_potential,
+)
 from congener.models.potential import Potential
+from congener.models.registry import load_source
 from congener.runtime import set_threads
-from congener.studies.config import Mode, StudyConfig, config_from_dict, spec_from_dict
+from congener.studies.arms import Arm
+from congener.studies.config import StudyConfig, config_from_dict, spec_from_dict
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
+from congener.training.refs import fit_energy_refs
 from congener.training.scaling import fit_scales, scale_potential, stored_scales
-from congener.training.trainer import fit
-from congener.training.transfer import freeze, lr_scales, map_species
+from congener.training.trainer import TrainResult, fit
+from congener.training.transfer import freeze, lr_scales, map_species, start_from
 
 
 def source_model_path(cfg: StudyConfig, study_dir: Path) -> Path:
@@ -67,25 +75,42 @@ def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, 
     return res
 
 
-def _initial_model(cfg: StudyConfig, mode: Mode, study_dir: Path, elements: list[str],
+def _initial_model(cfg: StudyConfig, arm: Arm, study_dir: Path, elements: list[str],
                    seed: int, train: list, run_dir: Path) -> tuple[Potential, dict[str, Any]]:
     """The run's starting model and what was done to it (frozen names, lr scales, scales)."""
     torch.manual_seed(seed)
-    if mode == Mode.scratch:
+    if arm.start == "scratch":
         return build_potential(elements, cfg.model), {}
+    if arm.outside_start:  # a foundation model or a checkpoint, narrowed to the target
+        potential = start_from(load_source(arm.start), None, elements)
+        return potential, _freezing(potential, arm.freeze, arm.soft_freeze)
     source = load_potential(source_model_path(cfg, study_dir))
     potential = map_species(source, cfg.mapping, seed=seed)
-    if mode == Mode.frozen:
-        if cfg.soft_freeze is not None:
-            return potential, {"lr_scales": lr_scales(potential, cfg.freeze, cfg.soft_freeze)}
-        return potential, {"frozen": freeze(potential, cfg.freeze)}
-    if mode == Mode.scaled:  # fitted to this run's training forces only
+    if arm.start == "frozen":
+        soft = arm.soft_freeze if arm.soft_freeze is not None else cfg.soft_freeze
+        return potential, _freezing(potential, arm.freeze or cfg.freeze, soft)
+    if arm.start == "scaled":  # fitted to this run's training forces only
         # a resumed run keeps the scales it started from (see `stored_scales`)
         resumed = (run_dir / "last.pt").is_file()
         found = (stored_scales(run_dir / "config.json") if resumed else None) \
             or fit_scales(potential, train)
         return scale_potential(potential, found.length, found.energy), {"scales": asdict(found)}
     return potential, {}
+
+
+def _freezing(potential: Potential, parts: tuple[str, ...] | None, soft: float | None
+              ) -> dict[str, Any]:
+    if not parts:
+        return {}
+    if soft is not None:
+        return {"lr_scales": lr_scales(potential, parts, soft)}
+    return {"frozen": freeze(potential, parts)}
+
+
+def arm_config(tcfg: TrainConfig, arm: Arm) -> TrainConfig:
+    """The run's training configuration with the arm's overrides (recipe, references)."""
+    refs = arm.refs or ("keep" if arm.zero_shot else None)
+    return replace(tcfg, **arm.train, **({"refs": refs} if refs else {}))
 
 
 def run_config(cfg: StudyConfig, size: int, seed: int, lr: float | None, threads: int,
@@ -112,23 +137,31 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     test = read_structures(root / "data" / "target_test.extxyz")
     train = [pool[k] for k in spec.train_idx]
     val = [pool[k] for k in spec.val_idx]
-    tcfg = run_config(cfg, spec.size, spec.seed, spec.lr, threads, spec.decay)
+    arm = cfg.arm(spec.mode)
+    tcfg = arm_config(run_config(cfg, spec.size, spec.seed, spec.lr, threads, spec.decay), arm)
     set_threads(threads or None)  # the start (a scale fit) runs on the run's share of cores
-    potential, start = _initial_model(cfg, spec.mode, root, elements_of(pool), spec.seed, train,
+    potential, start = _initial_model(cfg, arm, root, elements_of(pool), spec.seed, train,
                                       run_dir)
     files.write_text(run_dir / "config.json", json.dumps(
-        {"run": asdict(spec), "train": asdict(tcfg), "model": asdict(potential.network.cfg),
+        {"run": asdict(spec), "arm": asdict(arm), "train": asdict(tcfg),
+         "family": potential.network.family, "model": potential.network.config(),
          "frozen": start.get("frozen", []), "lr_scales": start.get("lr_scales"),
          "scales": start.get("scales")}, indent=2, default=str))
     cutoff = potential.cutoff
-    result = fit(potential, LabelledSet(train, cutoff), LabelledSet(val, cutoff), tcfg,
-                 run_dir=run_dir, lr_scales=start.get("lr_scales"),
-                 metadata={"mode": str(spec.mode), "run": spec.name, "study": cfg.name,
-                           "train_data": f"{file_hash_of(root / 'data' / 'target_pool.extxyz')}"
-                                         f" rows {list(spec.train_idx)}"})
+    meta = {"mode": str(spec.mode), "arm": asdict(arm), "run": spec.name, "study": cfg.name,
+            "train_data": f"{file_hash_of(root / 'data' / 'target_pool.extxyz')}"
+                          f" rows {list(spec.train_idx)}"}
+    tset, vset = LabelledSet(train, cutoff), LabelledSet(val, cutoff, name="validation set")
+    if arm.zero_shot:
+        result = _zero_shot(potential, tset, vset, tcfg, run_dir, meta)
+    else:
+        result = fit(potential, tset, vset, tcfg, run_dir=run_dir,
+                     lr_scales=start.get("lr_scales"), metadata=meta)
     ev = evaluate(potential, LabelledSet(test, cutoff, name="test set"))
     res = {"run": asdict(spec) | {"mode": str(spec.mode)}, "test": metrics(ev),
            "val": result.best_val, "epochs": len(result.history), "seconds": result.seconds,
+           "updates": len(result.history) * math.ceil(len(train) / tcfg.batch_size),
+           "family": potential.network.family,
            "by_temperature": breakdown(ev, "temperature"),
            "per_structure_force_mae": force_mae_per_structure(ev).tolist(),
            "temperatures": np.nan_to_num(ev.temperatures, nan=-1).tolist()}
@@ -136,6 +169,19 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
         res["scales"] = start["scales"]
     write_json(run_dir / "metrics.json", res)
     return res
+
+
+def _zero_shot(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainConfig,
+               run_dir: Path, meta: dict[str, Any]) -> TrainResult:
+    """A start evaluated as it is: references refitted on the training data only when the arm
+    asks (refs refit), validation errors for the record, the model saved as model.pt."""
+    if cfg.refs == "refit":
+        fit_energy_refs(potential, train)
+    m = metrics(evaluate(potential, val))
+    best = {"val_energy_mae": m["energy_mae"], "val_force_mae": m["force_mae"]}
+    save_potential(run_dir / "model.pt", potential, {**meta, "zero_shot": True,
+                                                     "refs": cfg.refs})
+    return TrainResult([], -1, best, potential.get_energy_refs(), 0.0, run_dir)
 
 
 def write_json(path: Path, data: dict[str, Any], indent: int | None = 2) -> None:

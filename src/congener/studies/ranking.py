@@ -1,0 +1,139 @@
+"""The arms ranked at each training size, with the price of their accuracy.
+
+For every arm and size: test energy and force MAE (mean ± std over seeds), per-seed wins
+against the `scratch` arm on the same training set, the time and updates to train a run, and
+the arm's energy+forces time per structure and MD steps/s. Speed is measured once per arm on
+the model of its largest size and first seed (`speed_of`, cached in `speed/<arm>.json`), on the
+first test structure, in this process: compare arms within one report, not across machines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from congener.studies.config import RunSpec, StudyConfig
+
+Log = Callable[[str], None]
+
+
+def speed_of(model_path: Path, structure: Any, *, reps: int = 5, md_steps: int = 20
+             ) -> dict[str, float]:
+    """Energy+forces time (ms per structure, median of `reps` after a warm-up) and MD
+    steps/s (one Langevin trajectory at 300 K, 1 fs) of the model in `model_path`."""
+    import torch
+
+    from congener.analysis.md import run_md
+    from congener.graph import build_graph
+    from congener.models.checkpoint import load_potential
+
+    potential = load_potential(model_path)
+    times = []
+    for _ in range(reps + 1):
+        start = time.perf_counter()
+        graph = build_graph(structure, potential.cutoff).to(dtype=torch.float32)
+        potential(graph)
+        times.append(time.perf_counter() - start)
+    md = run_md(potential, [structure.copy()], temperature_K=300.0, timestep_fs=1.0,
+                steps=md_steps, seed=0, sample_every=md_steps)
+    return {"ef_ms": 1000 * float(np.median(times[1:])), "md_steps_per_s":
+            md.system_steps_per_s, "n_atoms": len(structure), "threads": torch.get_num_threads()}
+
+
+def measure_speeds(study_dir: Path, results: Sequence[tuple[RunSpec, dict[str, Any]]],
+                   log: Log | None = None, cached_only: bool = False
+                   ) -> dict[str, dict[str, float]]:
+    """Arm -> speed (see `speed_of`), measured on each arm's largest-size, first-seed model."""
+    from congener.data.structures import read_structures
+    from congener.studies.run import write_json
+
+    chosen: dict[str, RunSpec] = {}
+    for spec, _ in results:
+        if spec.kind != "curve":
+            continue
+        best = chosen.get(spec.mode)
+        if best is None or (spec.size, -spec.seed) > (best.size, -best.seed):
+            chosen[spec.mode] = spec
+    out, structure = {}, None
+    for arm, spec in sorted(chosen.items()):
+        path = study_dir / "speed" / f"{arm}.json"
+        if path.is_file():
+            try:
+                out[arm] = json.loads(path.read_text())
+                continue
+            except ValueError:
+                pass  # cut off: measure again
+        model = study_dir / "runs" / spec.name / "model.pt"
+        if cached_only or not model.is_file():
+            continue
+        if structure is None:
+            structure = read_structures(study_dir / "data" / "target_test.extxyz")[0]
+        if log:
+            log(f"speed of {arm} ({spec.name})")
+        out[arm] = speed_of(model, structure) | {"run": spec.name}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, out[arm])
+    return out
+
+
+def _fmt(values: list[float], digits: int) -> str:
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return ""
+    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+def ranking_section(cfg: StudyConfig, results: Sequence[tuple[RunSpec, dict[str, Any]]],
+                    speeds: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown lines: per size, the arms ranked by mean test force MAE (see module doc)."""
+    runs: dict[tuple[int, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for spec, res in results:
+        if spec.kind == "curve":
+            runs[(spec.size, spec.mode)][spec.seed] = res
+    if len({arm for _, arm in runs}) < 2:
+        return []
+    lines = ["## Arms ranked at each size", "",
+             "Test errors (mean ± std over seeds), ranked by force MAE; wins: seeds on which "
+             "the arm beats `scratch` on the same training set (energy, force); train: "
+             "seconds and optimizer updates per run (0 for zero-shot); E+F: milliseconds per "
+             "energy+forces of one test structure; MD: steps/s of one trajectory (the arm's "
+             "largest model, this machine, measured once per arm). The ranking reads the test "
+             "set, after every choice was made: it reports, it does not select.", ""]
+    for size in sorted({s for s, _ in runs}):
+        arms = [a for s, a in runs if s == size]
+        mean_f = {a: np.mean([r["test"]["force_mae"] for r in runs[(size, a)].values()])
+                  for a in arms}
+        lines += [f"### {size} training structures", "",
+                  "| rank | arm | seeds | E MAE (meV/atom) | F MAE (eV/Å) | wins vs scratch "
+                  "(E, F) | train (s) | updates | E+F (ms) | MD (steps/s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        scratch = runs.get((size, "scratch"), {})
+        for rank, arm in enumerate(sorted(arms, key=lambda a: mean_f[a]), 1):
+            by_seed = runs[(size, arm)]
+            e = [r["test"]["energy_mae"] for r in by_seed.values()]
+            f = [r["test"]["force_mae"] for r in by_seed.values()]
+            common = sorted(set(by_seed) & set(scratch)) if arm != "scratch" else []
+            wins = ""
+            if common:
+                we = sum(by_seed[s]["test"]["energy_mae"] < scratch[s]["test"]["energy_mae"]
+                         for s in common)
+                wf = sum(by_seed[s]["test"]["force_mae"] < scratch[s]["test"]["force_mae"]
+                         for s in common)
+                wins = f"{we}/{len(common)}, {wf}/{len(common)}"
+            secs = np.mean([r.get("seconds", 0.0) for r in by_seed.values()])
+            updates = np.mean([r.get("updates", np.nan) for r in by_seed.values()])
+            sp = speeds.get(arm, {})
+            ef = f"{sp['ef_ms']:.0f}" if "ef_ms" in sp else ""
+            md = f"{sp['md_steps_per_s']:.1f}" if "md_steps_per_s" in sp else ""
+            upd = "" if np.isnan(updates) else f"{updates:.0f}"
+            lines.append(f"| {rank} | {arm} | {len(by_seed)} | {_fmt(e, 2)} | {_fmt(f, 4)} | "
+                         f"{wins} | {secs:.0f} | {upd} | {ef} | {md} |")
+        lines.append("")
+    return lines
