@@ -43,3 +43,21 @@ def rattled_diamond(symbol: str = "Si", a: float = 5.43, reps=(1, 1, 1), amount:
 @pytest.fixture
 def potential():
     return small_potential()
+
+
+class Result:
+    """Exit code and the combined output of one `congener` command."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.exit_code, self.output = code, out + err
+
+
+@pytest.fixture
+def invoke(capsys):
+    """Run the `congener` command line in this process: invoke("train", "--train", ...)."""
+    from congener.cli import main
+
+    def run(*args) -> Result:
+        code = main([str(a) for a in args])
+        return Result(code, *capsys.readouterr())
+    return run

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
-from congener.cli import main
 from congener.data.structures import write_structures
 from congener.models.checkpoint import load_potential
 from tests.test_training import sw_labelled
@@ -18,17 +16,6 @@ train: {epochs: 2, batch_size: 2, lr: 0.003}
 """
 
 
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.exit_code, self.output = code, out + err
-
-
-@pytest.fixture
-def invoke(capsys):
-    def run(*args) -> Result:
-        code = main([str(a) for a in args])
-        return Result(code, *capsys.readouterr())
-    return run
 
 
 def test_train_transfer_evaluate(tmp_path, invoke, monkeypatch):

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from congener.cli import main
 from congener.data.structures import label, write_structures
 from congener.models.checkpoint import load_potential, save_potential
 from congener.testing import predict
@@ -68,17 +67,6 @@ def test_refit_recovers_an_exact_shift_for_every_family(family, ge):
     assert refs["Ge"] == pytest.approx(before + 0.25, abs=1e-9)
 
 
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.exit_code, self.output = code, out + err
-
-
-@pytest.fixture
-def invoke(capsys):
-    def run(*args) -> Result:
-        code = main([str(a) for a in args])
-        return Result(code, *capsys.readouterr())
-    return run
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -15,29 +15,17 @@ import torch
 from congener.analysis.md import Failure, run_md
 from congener.analysis.phonons import diamond_cell
 from congener.analysis.stability import stability_summary
-from congener.cli import main
 from congener.errors import ConfigError
 from congener.models.checkpoint import save_potential
 from congener.models.dimenet import DimeNetConfig
 from congener.studies.config import load_study_config
 from congener.training.config import TrainConfig
-from tests.conftest import small_potential
+from tests.conftest import Result, small_potential
 from tests.test_analysis_md import PairSprings, fcc
 
 NAN, INF = float("nan"), float("inf")
 
 
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.exit_code, self.output = code, out + err
-
-
-@pytest.fixture
-def invoke(capsys):
-    def run(*args) -> Result:
-        code = main([str(a) for a in args])
-        return Result(code, *capsys.readouterr())
-    return run
 
 
 def one_error_line(res: Result, message: str) -> None:

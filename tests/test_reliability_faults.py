@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from congener.cli import main
 from congener.data.structures import label, write_structures
 from congener.files import folder_lock
 from congener.models.checkpoint import load_potential, save_potential
-from tests.conftest import small_potential
+from tests.conftest import Result, small_potential
 from tests.test_study import files, tiny_values  # noqa: F401  (module fixture)
 from tests.test_training import sw_labelled
 
@@ -36,17 +35,6 @@ def reliability(kind: str, sees: str):
     return pytest.mark.reliability(kind, sees)
 
 
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.exit_code, self.output = code, out + err
-
-
-@pytest.fixture
-def invoke(capsys):
-    def run(*args) -> Result:
-        code = main([str(a) for a in args])
-        return Result(code, *capsys.readouterr())
-    return run
 
 
 @pytest.fixture(scope="module")

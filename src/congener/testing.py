@@ -126,6 +126,27 @@ def assert_batch_consistent(pot: Potential, structures: Sequence[Atoms], *,
         start += n
 
 
+def assert_blocks_partition(network) -> None:
+    """The family's named blocks partition its parameters: each parameter is matched by the
+    patterns of exactly one block, and no block is empty."""
+    import fnmatch
+
+    from congener.models.family import block_parameters
+
+    blocks = network.blocks()
+    names = [n for n, _ in network.named_parameters()]
+    for name in names:
+        owners = [b for b, patterns in blocks
+                  if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+        assert len(owners) == 1, f"parameter {name} is in blocks {owners}, not in exactly one"
+    empty = [b for b, params in block_parameters(network) if not params]
+    assert not empty, f"blocks without parameters: {empty}"
+    aliases = network.block_aliases()
+    known = {b for b, _ in blocks}
+    for alias, members in aliases.items():
+        assert set(members) <= known, f"alias {alias} names unknown blocks"
+
+
 def default_structures(pot: Potential) -> list[Atoms]:
     """Two small test cells of an element the potential knows (Si or Ge if it can): a rattled,
     sheared (triclinic) 8-atom diamond cell and a rattled 2-atom primitive cell."""
@@ -150,7 +171,8 @@ def check_potential(pot: Potential, structures: Sequence[Atoms] | None = None, *
     shapes and dtypes of energy [B] (float64), forces [N,3] and stress [B,3,3]; forces equal
     minus the finite-difference gradient; stress equals the strain derivative over the volume;
     a batch equals its structures one by one; energy invariant and forces equivariant under
-    rotation, translation, periodic wrapping and permutation. Run in float64."""
+    rotation, translation, periodic wrapping and permutation; the named blocks partition the
+    parameters. Run in float64."""
     structures = list(structures) if structures is not None else default_structures(pot)
     pot = pot.to(dtype)
     out = predict(pot, structures, stress=True, dtype=dtype)
@@ -170,3 +192,4 @@ def check_potential(pot: Potential, structures: Sequence[Atoms] | None = None, *
         assert_invariant(pot, atoms, dtype=dtype, rtol=max(rtol * 1e-3, 1e-9),
                          atol=max(atol * 1e-1, 1e-9))
     assert_batch_consistent(pot, structures, dtype=dtype, atol=max(atol * 0.1, 1e-9))
+    assert_blocks_partition(pot.network)
