@@ -123,3 +123,19 @@ def test_shipped_chgnet_zero_shot_and_fine_tuned_through_the_cli(ge, tmp_path, i
     tuned_m = json.loads((tmp_path / "tuned.json").read_text())["all"]
     # refitted references on the SW data: the energy error falls far below zero-shot's
     assert tuned_m["energy_mae"] < zero["energy_mae"]
+
+
+def test_resume_identity_holds_the_settings_of_every_family(ge, tmp_path):
+    """A run folder started from one CHGNet architecture refuses to resume with another (the
+    identity compared the DimeNet++ settings only)."""
+    from congener.errors import CheckpointError
+
+    train, val = ge
+    cfg = TrainConfig(epochs=1, batch_size=3, seed=0, dtype="float64")
+    first = start_from(small_chgnet(seed=1), None, ["Ge"])
+    fit(first, LabelledSet(train, first.cutoff), LabelledSet(val, first.cutoff), cfg,
+        run_dir=tmp_path / "r")
+    other = start_from(small_chgnet(seed=1, atom_graph_cutoff=5.5), None, ["Ge"])
+    with pytest.raises(CheckpointError, match="model settings"):
+        fit(other, LabelledSet(train, other.cutoff), LabelledSet(val, other.cutoff), cfg,
+            run_dir=tmp_path / "r")

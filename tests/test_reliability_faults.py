@@ -383,3 +383,57 @@ def test_transfer_without_map_and_unknown_block(data, tmp_path, invoke):
     res = invoke("transfer", tmp_path / "si.pt", "--list-blocks")
     assert res.exit_code == 0 and "interaction:1" in res.output and "total" in res.output
     one_error_line(invoke("transfer", tmp_path / "si.pt", "--map", "Si=Ge"), "--train")
+
+
+def _sleep_and_report(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+@reliability("mess", "an exception in the parent stops the pool's running workers at once")
+def test_pool_workers_are_terminated_when_the_parent_raises(tmp_path):
+    from congener.parallel import worker_pool
+
+    marker = tmp_path / "pid"
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="stop"), worker_pool(1) as pool:
+        pool.submit(_sleep_and_report, str(marker))
+        deadline = time.time() + 60
+        while not (marker.is_file() and marker.read_text()):
+            assert time.time() < deadline, "worker did not start"
+            time.sleep(0.05)
+        raise RuntimeError("stop")
+    assert time.perf_counter() - start < 30  # not the task's 120 s
+    pid = int(marker.read_text())
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+@pytest.mark.parametrize(("arm", "needle"), [
+    ({"name": "t", "start": "FILE", "refs": "train"}, "energy_weight > 0"),
+    ({"name": "t", "start": "FILE", "train": {"lr": 0.0001, "lr_final": 0.001}}, "lr_final"),
+    ({"name": "t", "start": "FILE", "freeze": ["first:99"]}, "count of blocks"),
+])
+@reliability("late", "an arm whose settings cannot train: one line before any run")
+def test_bad_arm_settings_fail_before_any_run(files, tmp_path, invoke, arm,  # noqa: F811
+                                              needle):
+    save_potential(tmp_path / "m.pt", small_potential(("Ge",), cutoff=4.0).float())
+    values = tiny_values(files, sizes=[1], seeds=[0], temperature=None, workers=1)
+    values.pop("modes")
+    values["arms"] = [{**arm, "start": str(tmp_path / "m.pt")}]
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(json.dumps(values))
+    one_error_line(invoke("study", cfg, "-o", tmp_path / "s"), "arm t", needle)
+    assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_an_arm_learning_rate_keeps_the_study_decay():
+    from congener.studies.arms import Arm
+    from congener.studies.run import arm_config
+    from congener.training import TrainConfig
+
+    cfg = arm_config(TrainConfig(lr=1e-3, lr_final=1e-5),
+                     Arm(name="a", start="chgnet:0.3.0", train={"lr": 3e-4}))
+    assert cfg.lr == 3e-4 and cfg.lr_final == pytest.approx(3e-6)

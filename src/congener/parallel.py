@@ -49,9 +49,11 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     try:
         yield pool
     except BaseException:
+        # the executor has no public way to stop running tasks: terminate its processes (taken
+        # before shutdown, which forgets them)
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
-        # the executor has no public way to stop running tasks: terminate its processes
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
+        for process in processes:
             with contextlib.suppress(Exception):
                 process.terminate()
         raise

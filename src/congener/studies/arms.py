@@ -71,8 +71,12 @@ class Arm:
                 raise ConfigError(f"{where}: soft_freeze scales the parts named by freeze")
         if self.refs is not None and self.refs not in ("keep", "refit", "train"):
             raise ConfigError(f"{where}: refs must be keep, refit or train (got {self.refs!r})")
+        if self.zero_shot and self.refs == "train":
+            raise ConfigError(f"{where}: a zero-shot arm does not train: refs keep or refit")
         if not isinstance(self.train, dict):
             raise ConfigError(f"{where}: train must be a mapping of train settings")
+        if "refs" in self.train:
+            raise ConfigError(f"{where}: give the references as the arm's refs, not in train")
         from congener.training.config import TrainConfig
 
         known = {f.name for f in fields(TrainConfig)}

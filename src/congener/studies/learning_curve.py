@@ -167,7 +167,9 @@ def plan_hpo(cfg: StudyConfig, pool: Sequence) -> list[RunSpec]:
     if cfg.hpo is None:
         return []
     probe = replace(cfg, sizes=(cfg.hpo.size,), seeds=cfg.seeds[:1], temperature=None)
-    base = plan_runs(probe, pool)
+    # zero-shot arms do not train; an arm with its own learning rate keeps it
+    searched = {a.name for a in cfg.arm_list() if not a.zero_shot and "lr" not in a.train}
+    base = [r for r in plan_runs(probe, pool) if r.mode in searched]
     decays = cfg.hpo.decay or (None,)
     return [replace(r, name=f"hpo-{r.mode}-lr{lr:g}" + (f"-decay{d:g}" if d else ""),
                     kind="hpo", lr=lr, decay=d)

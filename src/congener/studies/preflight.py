@@ -17,7 +17,7 @@ from pathlib import Path
 
 from congener.data.split import stratified_split
 from congener.data.structures import elements_of, read_structures
-from congener.errors import DataError
+from congener.errors import ConfigError, DataError
 from congener.studies.config import StudyConfig
 
 TEST_SEED = 12345  # prepare_data's split seed
@@ -151,16 +151,35 @@ def preflight(cfg: StudyConfig, study_dir: str | Path) -> None:
     if cfg.uses_source():
         _check_mapping(cfg, _source_elements(cfg, study_dir), target)
     for arm in cfg.arm_list():
+        _check_train_settings(cfg, arm)
         if arm.outside_start:
             _check_outside(arm, target)
 
 
-def _check_outside(arm, target: list[str]) -> None:
-    """A foundation or checkpoint start loads and knows the target's elements."""
-    from congener.models.registry import load_source
+def _check_train_settings(cfg: StudyConfig, arm) -> None:
+    """The arm's training configuration at every size is valid (recipe, refs, lr)."""
+    from congener.studies.run import arm_config, run_config
 
-    known = load_source(arm.start).elements
-    missing = [e for e in target if e not in known]
+    for size in cfg.sizes:
+        try:
+            arm_config(run_config(cfg, size, cfg.seeds[0], None, 0), arm)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"arm {arm.name}: {exc}") from None
+
+
+def _check_outside(arm, target: list[str]) -> None:
+    """A foundation or checkpoint start loads, knows the target's elements and has the blocks
+    the arm freezes."""
+    from congener.models.registry import load_source
+    from congener.training.transfer import select
+
+    potential = load_source(arm.start)
+    missing = [e for e in target if e not in potential.elements]
     if missing:
         raise DataError(f"arm {arm.name}: {arm.start} does not know {', '.join(missing)} "
                         "of the target data")
+    if arm.freeze:
+        try:
+            select(potential, arm.freeze)
+        except ConfigError as exc:
+            raise ConfigError(f"arm {arm.name}: {exc}") from None

@@ -42,7 +42,12 @@ def source_model_path(cfg: StudyConfig, study_dir: Path) -> Path:
 def check_source_architecture(cfg: StudyConfig) -> None:
     """Refuse a given source model whose DimeNet++ sizes or cutoff differ from the study's
     `model` section: scratch and transfer runs must differ only in how they start."""
-    have, want = read_checkpoint(cfg.source.model).get("config", {}), asdict(cfg.model)
+    payload = read_checkpoint(cfg.source.model)
+    if payload.get("model", "dimenet++") != "dimenet++":
+        raise ConfigError(f"source.model {cfg.source.model} is a {payload['model']} model: the "
+                          "study's source is a DimeNet++ checkpoint (transfer, frozen, scaled); "
+                          "give other families as an arm's start")
+    have, want = payload.get("config", {}), asdict(cfg.model)
     diff = [k for k in want if have.get(k) != want[k]]
     if diff:
         raise ConfigError(
@@ -110,7 +115,10 @@ def _freezing(potential: Potential, parts: tuple[str, ...] | None, soft: float |
 def arm_config(tcfg: TrainConfig, arm: Arm) -> TrainConfig:
     """The run's training configuration with the arm's overrides (recipe, references)."""
     refs = arm.refs or ("keep" if arm.zero_shot else None)
-    return replace(tcfg, **arm.train, **({"refs": refs} if refs else {}))
+    overrides = dict(arm.train)
+    if "lr" in overrides and "lr_final" not in overrides:  # the study's decay ratio
+        overrides["lr_final"] = overrides["lr"] * tcfg.lr_final / tcfg.lr
+    return replace(tcfg, **overrides, **({"refs": refs} if refs else {}))
 
 
 def run_config(cfg: StudyConfig, size: int, seed: int, lr: float | None, threads: int,
@@ -175,6 +183,9 @@ def _zero_shot(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: 
                run_dir: Path, meta: dict[str, Any]) -> TrainResult:
     """A start evaluated as it is: references refitted on the training data only when the arm
     asks (refs refit), validation errors for the record, the model saved as model.pt."""
+    from congener.runtime import resolve_device, resolve_dtype
+
+    potential.to(device=resolve_device(cfg.device), dtype=resolve_dtype(cfg.dtype))
     if cfg.refs == "refit":
         fit_energy_refs(potential, train)
     m = metrics(evaluate(potential, val))

@@ -147,7 +147,8 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
         terms.total.backward(inputs=[p for p in potential.parameters() if p.requires_grad]
                              + ([ref_step] if ref_step is not None else []))
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(potential.parameters(), cfg.grad_clip)
+            clipped = [*potential.parameters(), *([ref_step] if ref_step is not None else [])]
+            torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
         opt.step()
         if ref_step is not None:
             _fold_refs(potential, ref_step, ema)
@@ -346,8 +347,9 @@ def run_identity(potential: Potential, train: LabelledSet, val: LabelledSet,
     training configuration: the model's settings and elements, the data, and which parameters
     are frozen or soft-frozen. (Where the starting weights came from does not matter: a resumed
     run continues from the checkpoint's.)"""
-    cfg = getattr(potential.network, "cfg", None)
-    return {"model": asdict(cfg) if cfg is not None else None,
+    network = potential.network  # DimeNet++'s config() is asdict(cfg): older identities match
+    family = {} if network.family == "dimenet++" else {"family": network.family}
+    return {"model": {**network.config(), **family},
             "elements": list(potential.elements),
             "training data": train.fingerprint(), "validation data": val.fingerprint(),
             "frozen": sorted(n for n, p in potential.named_parameters() if not p.requires_grad),

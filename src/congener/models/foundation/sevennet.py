@@ -271,6 +271,9 @@ class SevenNetNetwork(Network):
 
     def forward(self, graph: Graph, positions: Tensor, cell: Tensor) -> Tensor:
         """Per-atom energies [N] (eV, shift excluded), differentiable in positions and cell."""
+        if graph.cutoff < self.cutoff - 1e-9:  # neighbours would be missing, silently
+            raise DataError(f"the graph was built with cutoff {graph.cutoff:g} Å, below this "
+                            f"SevenNet's {self.cutoff:g} Å")
         key = _keys()
         vectors = graph.edge_vectors(positions, cell)
         edge_index = graph.edge_index
