@@ -116,3 +116,10 @@ def test_isinstance_contract(potential):
     assert out.energy.shape == (2,) and out.energy.dtype == torch.float64
     assert out.forces.shape == (16, 3) and out.stress.shape == (2, 3, 3)
     assert isinstance(potential, Potential)
+
+
+def test_dimenet_passes_the_potential_contract():
+    """The same contract checks every family's tests run (congener.testing.check_potential)."""
+    from congener.testing import check_potential
+
+    check_potential(small_potential(("Si", "Ge"), cutoff=4.0))
