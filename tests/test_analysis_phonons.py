@@ -67,8 +67,21 @@ def test_dos_normalisation_and_range(sw_si):
     assert sw_si.dos[sw_si.frequencies_THz > sw_si.gamma_THz[-1] + 0.5].max() < 1e-6
 
 
+def test_dos_distance_of_known_spectra():
+    """Unit boxes on [0, 1] and [0.5, 1.5] THz differ on half of each: distance 1; boxes that
+    do not overlap: 2 (the maximum); a box and a triangle on [0, 1]: 1/2."""
+    grid = np.linspace(0.0, 2.0, 4001)
+    def box(lo, hi):
+        return PhononDOS(grid, ((grid >= lo) & (grid <= hi)).astype(float), 5.43,
+                         np.zeros(6), 2)
+    assert dos_distance(box(0.0, 1.0), box(0.5, 1.5)) == pytest.approx(1.0, abs=5e-3)
+    assert dos_distance(box(0.0, 0.5), box(1.0, 1.5)) == pytest.approx(2.0, abs=5e-3)
+    triangle = PhononDOS(grid, np.where(grid <= 1.0, grid, 0.0), 5.43, np.zeros(6), 2)
+    # normalised: box 1, triangle 2x on [0, 1]; integral of |1 - 2x| over [0, 1] = 1/2
+    assert dos_distance(box(0.0, 1.0), triangle) == pytest.approx(0.5, abs=5e-3)
+
+
 def test_dos_distance(sw_si):
-    assert dos_distance(sw_si, sw_si) == 0.0
     scaled = PhononDOS(sw_si.frequencies_THz * 0.6, sw_si.dos, 5.66, sw_si.gamma_THz * 0.6, 2)
     d = dos_distance(sw_si, scaled)
     assert 0.5 < d <= 2.0 and d == dos_distance(scaled, sw_si)
@@ -96,3 +109,20 @@ def test_relax_finds_sw_minimum_and_rejects_far_start():
     assert relaxed.cell.lengths()[0] == pytest.approx(5.431, abs=2e-3)
     with pytest.raises(DataError, match="bound"):
         relax_isotropic(diamond_cell("Si", 4.5), calc)
+
+
+def test_corresponding_states_scale_every_frequency(sw_si, tmp_path):
+    """SW Si with its energy scale x 1.5 and its length scale x 1.1 is the same potential in
+    other units: the lattice grows by 1.1 and every frequency by sqrt(1.5) / 1.1 (the Γ
+    optical line, and the whole DOS once its frequency axis is rescaled)."""
+    line = "Si Si Si  {eps}  {sigma}  1.80  21.0  1.20  -0.333333333333\n" \
+           "          7.049556277  0.6022245584  4.0  0.0  0.0\n"
+    path = tmp_path / "scaled.sw"
+    path.write_text(line.format(eps=2.1683 * 1.5, sigma=2.0951 * 1.1))
+    scaled = phonon_dos(LammpsSWCalculator("Si", params_path=path),
+                        diamond_cell("Si", sw_si.lattice_A * 1.1))
+    ratio = 1.5**0.5 / 1.1
+    assert scaled.lattice_A / sw_si.lattice_A == pytest.approx(1.1, rel=1e-4)
+    assert scaled.gamma_THz[-1] / sw_si.gamma_THz[-1] == pytest.approx(ratio, rel=1e-3)
+    rescaled = PhononDOS(sw_si.frequencies_THz * ratio, sw_si.dos, 0.0, sw_si.gamma_THz, 2)
+    assert dos_distance(scaled, rescaled) < 0.05 < dos_distance(scaled, sw_si)

@@ -61,6 +61,23 @@ def test_structure_stats_mean_and_std_over_trajectories():
         structure_stats([[]])
 
 
-def test_liquid_ge_reference():
-    assert LIQUID_GE_1273K.peak_A == 2.66 and LIQUID_GE_1273K.coordination == 5.6
-    assert "Salmon" in LIQUID_GE_1273K.citation
+def test_fcc_rdf_shells():
+    """fcc: 12 neighbours at a/sqrt(2), 6 more at a, 24 more at a sqrt(3/2)."""
+    a = 3.61
+    atoms = ase.build.bulk("Cu", "fcc", a=a, cubic=True) * (3, 3, 3)
+    g = rdf([atoms], r_max_A=5.0, bin_A=0.02)
+    assert first_peak(g) == pytest.approx(a / np.sqrt(2), abs=0.01)
+    assert coordination_number(g) == pytest.approx(12.0, abs=1e-9)
+    assert coordination_number(g, 0.5 * (a + a * np.sqrt(1.5))) == pytest.approx(18, abs=1e-9)
+    assert coordination_number(g, 4.9) == pytest.approx(42, abs=1e-9)
+
+
+def test_structure_plot_marks_the_liquid_ge_experiment(tmp_path):
+    """The liquid-Ge reference (Salmon 1988) reaches the RDF plot: the plot with it differs."""
+    from congener.analysis.plots import plot_structure
+
+    atoms = ase.build.bulk("Ge", "diamond", a=5.658, cubic=True)
+    stats = structure_stats([[atoms]], r_max_A=5.0)
+    plot_structure({"model": stats}, tmp_path / "a.png", experiment=LIQUID_GE_1273K)
+    plot_structure({"model": stats}, tmp_path / "b.png", experiment=None)
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
