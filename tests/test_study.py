@@ -321,3 +321,28 @@ def test_bad_arms_are_refused(arms, needle):
 def test_arms_and_modes_together_are_refused():
     with pytest.raises(ConfigError, match="arms or modes"):
         study_config({"arms": [{"name": "s", "start": "scratch"}], "modes": ["scratch"]})
+
+
+def test_converge_budget_grows_with_size_and_stops_on_validation(files, tmp_path):
+    from congener.studies.config import Budget
+    from congener.studies.run import run_config
+
+    budget = Budget(rule="converge", updates=10, patience_updates=6, updates_per_structure=4,
+                    max_updates=30, min_epochs=1)
+    # cap: max(10, 4 x size), at most 30 updates; batch 2 -> ceil(size / 2) updates per epoch
+    assert [budget.epochs(n, 2) for n in (1, 4, 6, 40)] == [10, 8, 8, 2]
+    assert budget.patience(4, 2) == 3 and budget.val_every(4, 2) == 1
+    assert Budget().patience(4, 2) == 0  # rule fixed: no early stopping from the budget
+    cfg = tiny(files, budget={"rule": "converge", "updates": 2, "patience_updates": 2,
+                              "updates_per_structure": 20, "max_updates": 40,
+                              "min_epochs": 1, "validations": 40},
+               sizes=[2], seeds=[0], modes=["scratch"], temperature=None, workers=1,
+               train={"batch_size": 2, "lr": 0.3, "lr_final": 0.3})
+    tcfg = run_config(cfg, 2, 0, None, 1)
+    assert tcfg.epochs == 40 and tcfg.patience == 2 and tcfg.val_every == 1
+    report = run_study(cfg, tmp_path / "s")
+    res = json.loads((tmp_path / "s" / "runs" / "scratch-n2-s0" / "metrics.json").read_text())
+    # lr 0.3 diverges or plateaus at once: patience ends the run well before the 40-update cap
+    assert res["stopped"] == "patience" and res["updates"] < 40
+    assert "stopped" in (tmp_path / "s" / "results.csv").read_text().splitlines()[0]
+    assert report.is_file()

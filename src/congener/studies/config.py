@@ -13,6 +13,8 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     arms: [{name: chgnet-ft, start: "chgnet:0.3.0", freeze: [first:3], refs: refit}, ...]
                                   # instead of modes: any start (studies.arms), zero-shot too
     budget: {updates: 150, min_epochs: 5, max_epochs: 150, validations: 15}
+                                  # or {rule: converge, patience_updates: 300,
+                                  #     updates_per_structure: 50, max_updates: 20000}
     model: {cutoff: 4.3}          # DimeNetConfig fields (a given source model must match)
     train: {lr: 0.001, ...}       # TrainConfig fields (the base of every run)
     source_train: {epochs: 25}    # TrainConfig overrides for the source model
@@ -83,21 +85,53 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class Budget:
-    """Optimizer updates per run, converted to epochs per training-set size."""
+    """How long each run trains; one rule for every arm of a study.
+
+    rule "fixed": `updates` optimizer updates per run (converted to epochs per size, within
+    min_epochs..max_epochs). rule "converge": train until the validation loss has not improved
+    for `patience_updates` updates, up to a cap that grows with the training-set size:
+    max(updates, updates_per_structure x size), at most `max_updates`; a run that reaches the
+    cap is reported as stopped by the cap (it may not have converged).
+    """
 
     updates: int = 150
     min_epochs: int = 5
     max_epochs: int = 150
     validations: int = 15  # validations per run (validation every epochs/validations)
+    rule: str = "fixed"  # or "converge"
+    patience_updates: int = 300  # converge: updates without a better validation loss
+    updates_per_structure: int = 50  # converge: the cap grows with the training set
+    max_updates: int = 20000  # converge: the cap's ceiling
 
     def __post_init__(self) -> None:
-        for name in ("updates", "min_epochs", "validations"):
+        for name in ("updates", "min_epochs", "validations", "patience_updates",
+                     "updates_per_structure", "max_updates"):
             check_int(f"budget.{name}", getattr(self, name), 1)
         check_int("budget.max_epochs", self.max_epochs, self.min_epochs)
+        if self.rule not in ("fixed", "converge"):
+            raise ConfigError(f"budget.rule must be fixed or converge (got {self.rule!r})")
 
     def epochs(self, size: int, batch_size: int) -> int:
+        """Epochs of a run (the cap, under rule converge)."""
         per_epoch = -(-size // batch_size)
+        if self.rule == "converge":
+            cap = min(self.max_updates, max(self.updates, self.updates_per_structure * size))
+            return max(self.min_epochs, -(-cap // per_epoch))
         return max(self.min_epochs, min(self.max_epochs, -(-self.updates // per_epoch)))
+
+    def patience(self, size: int, batch_size: int) -> int:
+        """Early-stopping patience in epochs (0: none, rule fixed)."""
+        if self.rule != "converge":
+            return 0
+        return max(1, -(-self.patience_updates // -(-size // batch_size)))
+
+    def val_every(self, size: int, batch_size: int) -> int:
+        """Epochs between validations: `validations` per run, and under rule converge at
+        least three per patience window."""
+        epochs = self.epochs(size, batch_size)
+        every = max(1, -(-epochs // self.validations))
+        patience = self.patience(size, batch_size)
+        return min(every, max(1, patience // 3)) if patience else every
 
 
 @dataclass(frozen=True)

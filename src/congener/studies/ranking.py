@@ -117,16 +117,18 @@ def ranking_section(cfg: StudyConfig, results: Sequence[tuple[RunSpec, dict[str,
              "the arm beats `scratch` on the same training set (energy, force); train: "
              "seconds and optimizer updates per run (0 for zero-shot); E+F: milliseconds per "
              "energy+forces of one test structure; MD: steps/s of one trajectory (the arm's "
-             "largest model, this machine, measured once per arm). The ranking reads the test "
-             "set, after every choice was made: it reports, it does not select.", ""]
+             "largest model, this machine, measured once per arm); stopped by: patience "
+             "(validation stopped improving), cap (the converge budget's ceiling, flagged (!): "
+             "maybe not converged), budget (fixed updates) or zero-shot. The ranking reads the "
+             "test set, after every choice was made: it reports, it does not select.", ""]
     for size in sorted({s for s, _ in runs}):
         arms = [a for s, a in runs if s == size]
         mean_f = {a: np.mean([r["test"]["force_mae"] for r in runs[(size, a)].values()])
                   for a in arms}
         lines += [f"### {size} training structures", "",
                   "| rank | arm | seeds | E MAE (meV/atom) | F MAE (eV/Å) | wins vs scratch "
-                  "(E, F) | train (s) | updates | E+F (ms) | MD (steps/s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "(E, F) | train (s) | updates | stopped by | E+F (ms) | MD (steps/s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         scratch = runs.get((size, "scratch"), {})
         for rank, arm in enumerate(sorted(arms, key=lambda a: mean_f[a]), 1):
             by_seed = runs[(size, arm)]
@@ -146,7 +148,10 @@ def ranking_section(cfg: StudyConfig, results: Sequence[tuple[RunSpec, dict[str,
             ef = f"{sp['ef_ms']:.0f}" if "ef_ms" in sp else ""
             md = f"{sp['md_steps_per_s']:.1f}" if "md_steps_per_s" in sp else ""
             upd = "" if np.isnan(updates) else f"{updates:.0f}"
+            stops = [r.get("stopped", "") for r in by_seed.values()]
+            stop = ", ".join(f"{k} {stops.count(k)}/{len(stops)}" + (" (!)" if k == "cap" else "")
+                             for k in dict.fromkeys(stops) if k)
             lines.append(f"| {rank} | {arm} | {len(by_seed)} | {_fmt(e, 2)} | {_fmt(f, 4)} | "
-                         f"{wins} | {secs:.0f} | {upd} | {ef} | {md} |")
+                         f"{wins} | {secs:.0f} | {upd} | {stop} | {ef} | {md} |")
         lines.append("")
     return lines

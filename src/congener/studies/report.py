@@ -13,8 +13,8 @@ import numpy as np
 from congener.studies.config import RunSpec, StudyConfig
 from congener.studies.ranking import ranking_section
 
-COLUMNS = ("name", "kind", "mode", "size", "seed", "lr", "epochs", "seconds",
-           "energy_mae", "energy_rmse", "force_mae", "force_rmse", "val_force_mae")
+COLUMNS = ("name", "kind", "mode", "size", "seed", "lr", "epochs", "updates", "stopped",
+           "seconds", "energy_mae", "energy_rmse", "force_mae", "force_rmse", "val_force_mae")
 
 
 def rows(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -25,7 +25,8 @@ def rows(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[dict[str, An
         out.append({"name": spec.name, "kind": spec.kind, "mode": str(spec.mode),
                     "size": spec.size, "seed": spec.seed,
                     "lr": spec.lr if spec.lr is not None else res.get("run", {}).get("lr"),
-                    "epochs": res["epochs"],
+                    "epochs": res["epochs"], "updates": res.get("updates"),
+                    "stopped": res.get("stopped"),
                     "seconds": round(res["seconds"], 1), "energy_mae": t["energy_mae"],
                     "energy_rmse": t["energy_rmse"], "force_mae": t["force_mae"],
                     "force_rmse": t["force_rmse"],

@@ -125,12 +125,13 @@ def run_config(cfg: StudyConfig, size: int, seed: int, lr: float | None, threads
                decay: float | None = None) -> TrainConfig:
     """The training configuration of one run: the study's base with a size-scaled budget,
     its learning rate and decay (lr_final / lr) when chosen by the search."""
-    epochs = cfg.budget.epochs(size, cfg.train.batch_size)
+    bs = cfg.train.batch_size
     lr = lr or cfg.train.lr
     decay = decay or cfg.train.lr_final / cfg.train.lr
-    return replace(cfg.train, seed=seed, epochs=epochs, threads=threads, lr=lr,
-                   lr_final=lr * decay,
-                   val_every=max(1, math.ceil(epochs / cfg.budget.validations)))
+    patience = cfg.budget.patience(size, bs) or cfg.train.patience
+    return replace(cfg.train, seed=seed, epochs=cfg.budget.epochs(size, bs), threads=threads,
+                   lr=lr, lr_final=lr * decay, patience=patience,
+                   val_every=cfg.budget.val_every(size, bs))
 
 
 def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
@@ -169,6 +170,7 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     res = {"run": asdict(spec) | {"mode": str(spec.mode)}, "test": metrics(ev),
            "val": result.best_val, "epochs": len(result.history), "seconds": result.seconds,
            "updates": len(result.history) * math.ceil(len(train) / tcfg.batch_size),
+           "stopped": _stopped(arm, result, tcfg, cfg),
            "family": potential.network.family,
            "by_temperature": breakdown(ev, "temperature"),
            "per_structure_force_mae": force_mae_per_structure(ev).tolist(),
@@ -177,6 +179,16 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
         res["scales"] = start["scales"]
     write_json(run_dir / "metrics.json", res)
     return res
+
+
+def _stopped(arm: Arm, result: TrainResult, tcfg: TrainConfig, cfg: StudyConfig) -> str:
+    """Why the run ended: zero-shot, patience (converged on validation), cap (the budget's
+    ceiling under rule converge: maybe not converged) or budget (rule fixed)."""
+    if arm.zero_shot:
+        return "zero-shot"
+    if result.stopped_early:
+        return "patience"
+    return "cap" if cfg.budget.rule == "converge" else "budget"
 
 
 def _zero_shot(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainConfig,
