@@ -106,3 +106,30 @@ def test_transfer_cli_with_fitted_scales(tmp_path):
     code = main(["transfer", str(source_path), "--map", "Si=Ge", "--scale", "0.9",
                  "--train", str(tmp_path / "ge.extxyz"), "-o", str(tmp_path / "bad")])
     assert code != 0
+
+
+def test_scaled_start_is_kept_only_where_validation_agrees():
+    """A fit that helps on validation is kept; scales forced onto a start they make worse on
+    validation are refused, and the record says which start was used."""
+    from congener.training.scaling import Scales, check_on_validation, scale_potential
+
+    teacher = small_potential(("Si",), cutoff=4.0)
+    val = []
+    for k in range(3):
+        atoms = rattled_diamond("Si", amount=0.1, seed=40 + k)
+        out = predict(teacher, atoms)
+        val.append(label(atoms, energy=float(out.energy[0]), forces=out.forces.numpy()))
+    # the unscaled start is exact on these labels: any real scaling is worse
+    worse = check_on_validation(teacher, Scales(0.9, 1.2, 0.0, 0.0), val)
+    assert not worse.accepted and worse.applied == (1.0, 1.0)
+    assert worse.val_force_mae_before < 1e-10 < worse.val_force_mae_after
+    # labels made by a scaled teacher: the same scales on the unscaled start help
+    scaled_teacher = scale_potential(teacher, 0.9, 1.2)
+    relabelled = []
+    for atoms in val:
+        out = predict(scaled_teacher, atoms)
+        relabelled.append(label(atoms.copy(), energy=float(out.energy[0]),
+                                forces=out.forces.numpy()))
+    better = check_on_validation(teacher, Scales(0.9, 1.2, 0.0, 0.0), relabelled)
+    assert better.accepted and better.applied == (0.9, 1.2)
+    assert better.val_force_mae_after < 1e-6 < better.val_force_mae_before

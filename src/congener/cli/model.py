@@ -227,9 +227,11 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, list_
         resumed = scale == "auto" and (Path(run_dir) / "last.pt").is_file()
         found = (scaling.stored_scales(stored) if resumed else None) \
             or _scales(potential, train, scale)  # a resumed run keeps its first fit
+        if scale == "auto" and not resumed:  # a fitted choice is checked on validation
+            found = scaling.check_on_validation(potential, found, val)
         output_folder(run_dir)
         write_json(stored, {"scales": asdict(found)}, strict=False)
-        potential = scaling.scale_potential(potential, found.length, found.energy)
+        potential = scaling.scale_potential(potential, *found.applied)
         meta["scales"] = asdict(found)
         click.echo(f"corresponding states: {found.describe()}; cutoff {potential.cutoff:.3f} Å")
     scales = None

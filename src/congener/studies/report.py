@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,11 +188,18 @@ def scales_section(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[st
     lines = ["## Corresponding-states scales (`scaled` runs)", "",
              "Fitted per run to its training forces before training: target distances x length, "
              "energies x energy (the cutoff becomes the source's / length); force MAE on the "
-             "training structures before training, unscaled -> scaled.", "",
-             "| run | length | energy | force MAE before training (eV/Å) |", "|---|---|---|---|"]
+             "training structures before training, unscaled -> scaled; the same on the "
+             "validation structures, which decide whether the scaled start is kept.", "",
+             "| run | length | energy | force MAE, training (eV/Å) | force MAE, validation "
+             "(eV/Å) | start used |", "|---|---|---|---|---|---|"]
     for spec, sc in sorted(runs, key=lambda r: r[0].name):
+        after = sc.get("val_force_mae_after")
+        checked = isinstance(after, float) and math.isfinite(after)  # older runs: not checked
+        val = f"{sc['val_force_mae_before']:.4f} -> {after:.4f}" if checked else ""
+        used = "scaled" if sc.get("accepted", True) else "unscaled"
         lines.append(f"| {spec.name} | {sc['length']:.4f} | {sc['energy']:.4f} | "
-                     f"{sc['force_mae_before']:.4f} -> {sc['force_mae_after']:.4f} |")
+                     f"{sc['force_mae_before']:.4f} -> {sc['force_mae_after']:.4f} | {val} | "
+                     f"{used} |")
     return [*lines, ""]
 
 

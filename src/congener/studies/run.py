@@ -29,7 +29,12 @@ from congener.studies.config import StudyConfig, config_from_dict, spec_from_dic
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
 from congener.training.refs import fit_energy_refs
-from congener.training.scaling import fit_scales, scale_potential, stored_scales
+from congener.training.scaling import (
+    check_on_validation,
+    fit_scales,
+    scale_potential,
+    stored_scales,
+)
 from congener.training.trainer import TrainResult, fit
 from congener.training.transfer import freeze, lr_scales, map_species, start_from
 
@@ -81,7 +86,8 @@ def train_source(cfg: StudyConfig, study_dir: Path, callback=None) -> dict[str, 
 
 
 def _initial_model(cfg: StudyConfig, arm: Arm, study_dir: Path, elements: list[str],
-                   seed: int, train: list, run_dir: Path) -> tuple[Potential, dict[str, Any]]:
+                   seed: int, train: list, run_dir: Path, val: list | None = None
+                   ) -> tuple[Potential, dict[str, Any]]:
     """The run's starting model and what was done to it (frozen names, lr scales, scales)."""
     torch.manual_seed(seed)
     if arm.start == "scratch":
@@ -98,8 +104,8 @@ def _initial_model(cfg: StudyConfig, arm: Arm, study_dir: Path, elements: list[s
         # a resumed run keeps the scales it started from (see `stored_scales`)
         resumed = (run_dir / "last.pt").is_file()
         found = (stored_scales(run_dir / "config.json") if resumed else None) \
-            or fit_scales(potential, train)
-        return scale_potential(potential, found.length, found.energy), {"scales": asdict(found)}
+            or check_on_validation(potential, fit_scales(potential, train), val)
+        return scale_potential(potential, *found.applied), {"scales": asdict(found)}
     return potential, {}
 
 
@@ -150,7 +156,7 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     tcfg = arm_config(run_config(cfg, spec.size, spec.seed, spec.lr, threads, spec.decay), arm)
     set_threads(threads or None)  # the start (a scale fit) runs on the run's share of cores
     potential, start = _initial_model(cfg, arm, root, elements_of(pool), spec.seed, train,
-                                      run_dir)
+                                      run_dir, val)
     files.write_text(run_dir / "config.json", json.dumps(
         {"run": asdict(spec), "arm": asdict(arm), "train": asdict(tcfg),
          "family": potential.network.family, "model": potential.network.config(),

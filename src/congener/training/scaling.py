@@ -48,13 +48,27 @@ class Scales:
     energy: float
     force_mae_before: float
     force_mae_after: float
+    # the choice checked on validation data (`check_on_validation`): the validation force MAE
+    # of the unscaled and the scaled start, and whether the scaled start was kept
+    val_force_mae_before: float = float("nan")
+    val_force_mae_after: float = float("nan")
+    accepted: bool = True
 
     def describe(self) -> str:
         text = f"length x {self.length:.4f}, energy x {self.energy:.4f}"
-        if math.isnan(self.force_mae_after):
-            return text
-        return (text + f" (force MAE before training {self.force_mae_before:.4f} -> "
-                f"{self.force_mae_after:.4f} eV/Å)")
+        if not math.isnan(self.force_mae_after):
+            text += (f" (force MAE before training {self.force_mae_before:.4f} -> "
+                     f"{self.force_mae_after:.4f} eV/Å)")
+        if not math.isnan(self.val_force_mae_after):
+            text += (f"; validation {self.val_force_mae_before:.4f} -> "
+                     f"{self.val_force_mae_after:.4f} eV/Å: "
+                     + ("scaled start kept" if self.accepted else "unscaled start kept"))
+        return text
+
+    @property
+    def applied(self) -> tuple[float, float]:
+        """(length, energy) to apply: the fitted scales if accepted, else (1, 1)."""
+        return (self.length, self.energy) if self.accepted else (1.0, 1.0)
 
 
 def scale_potential(potential: Potential, length: float = 1.0, energy: float = 1.0
@@ -98,6 +112,21 @@ def _forces(potential: Potential, structures: Sequence[Atoms]) -> tuple[np.ndarr
     data = LabelledSet(structures, potential.cutoff, name="scale-fit structures")
     pred = [out.forces.cpu().double().numpy() for _, out in predictions(potential, data)]
     return np.concatenate(pred), torch.cat(data.forces).double().numpy()
+
+
+def check_on_validation(potential: Potential, scales: Scales, structures: Sequence[Atoms]
+                        ) -> Scales:
+    """Keep a scaled start only where it lowers the force MAE on validation `structures`
+    against the unscaled start (a fit to one or a few training structures can choose scales
+    that hurt); the record says which start was used (`Scales.accepted`, `applied`)."""
+    if not structures:
+        return scales
+    pred, ref = _forces(potential, structures)
+    before = float(np.mean(np.abs(pred - ref)))
+    pred, ref = _forces(scale_potential(potential, scales.length, scales.energy), structures)
+    after = float(np.mean(np.abs(pred - ref)))
+    return replace(scales, val_force_mae_before=before, val_force_mae_after=after,
+                   accepted=after < before)
 
 
 def _fit_energy(potential: Potential, structures: Sequence[Atoms], length: float
