@@ -172,3 +172,43 @@ def test_bad_arguments(bad):
     kwargs = dict(temperature_K=100.0, timestep_fs=1.0, steps=1) | bad
     with pytest.raises(ConfigError):
         run_md(PairSprings(), [fcc()], **kwargs)
+
+
+def _final_positions(result):
+    return [t.positions[-1] for t in result.trajectories]
+
+
+def test_md_resumes_from_its_checkpoint(tmp_path):
+    """A run interrupted after a checkpoint and rerun equals the uninterrupted run (to float
+    rounding); a run extended in a second sitting equals one long run; other settings are
+    refused."""
+    from congener.errors import CheckpointError
+
+    pot = PairSprings()
+    start = [fcc(), fcc()]
+    start[1].rattle(0.02, seed=3)
+    kw = dict(temperature_K=300.0, timestep_fs=2.0, friction_per_ps=5.0, seed=7,
+              sample_every=5, stability_check=False)
+    straight = run_md(pot, start, steps=30, **kw)
+
+    def stop_at_17(step, state):
+        if step == 17:
+            raise KeyboardInterrupt
+    path = tmp_path / "md.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run_md(pot, start, steps=30, checkpoint=path, checkpoint_every=10, callback=stop_at_17,
+               **kw)
+    resumed = run_md(pot, start, steps=30, checkpoint=path, checkpoint_every=10, **kw)
+    for t, u in zip(straight.trajectories, resumed.trajectories, strict=True):
+        assert t.steps == u.steps == [0, 5, 10, 15, 20, 25, 30]
+        np.testing.assert_allclose(u.positions[-1], t.positions[-1], atol=1e-9)
+        np.testing.assert_allclose(u.temperature_K, t.temperature_K, rtol=1e-9)
+    assert resumed.system_steps == straight.system_steps
+    # a second sitting extends the run
+    longer = tmp_path / "long.pt"
+    run_md(pot, start, steps=15, checkpoint=longer, **kw)
+    extended = run_md(pot, start, steps=30, checkpoint=longer, **kw)
+    for a, b in zip(_final_positions(straight), _final_positions(extended), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    with pytest.raises(CheckpointError, match="other settings"):
+        run_md(pot, start, steps=30, checkpoint=path, **{**kw, "temperature_K": 400.0})

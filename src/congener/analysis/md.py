@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -246,8 +247,13 @@ def run_md(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature
            skin_A: float = DEFAULT_SKIN_A,
            device: str | None = None, dtype: str | torch.dtype | None = None,
            threads: int | None = None,
-           callback: Callable[[int, MDState], None] | None = None) -> MDResult:
+           callback: Callable[[int, MDState], None] | None = None,
+           checkpoint: str | Path | None = None, checkpoint_every: int = 1000) -> MDResult:
     """Run Langevin NVT (NVE for zero friction) of all structures as one batch.
+
+    With `checkpoint` (a file), the state is saved every `checkpoint_every` steps and at the
+    end, and a rerun with the same settings continues from it (`steps` may grow between
+    sittings; see analysis.md_checkpoint).
 
     Frames are sampled at step 0 and every `sample_every` steps. A potential that is an
     `nn.Module` is moved to `device`/`dtype` (in place) when given. `seed` is a run seed or
@@ -275,7 +281,9 @@ def run_md(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature
                     seed=seed, sample_every=sample_every, min_distance_A=min_distance_A,
                     max_temperature_factor=max_temperature_factor,
                     stability_check=stability_check, skin_A=skin_A,
-                    device=device, dtype=dtype, callback=callback)
+                    device=device, dtype=dtype, callback=callback,
+                    checkpoint=Path(checkpoint) if checkpoint else None,
+                    checkpoint_every=checkpoint_every)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -285,7 +293,10 @@ def _run(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature_K
          sample_every: int, min_distance_A: float, max_temperature_factor: float,
          stability_check: bool, skin_A: float, device: str | None,
          dtype: str | torch.dtype | None,
-         callback: Callable[[int, MDState], None] | None) -> MDResult:
+         callback: Callable[[int, MDState], None] | None, checkpoint: Path | None = None,
+         checkpoint_every: int = 1000) -> MDResult:
+    from congener.analysis import md_checkpoint
+
     _prepare(potential, device, dtype)
     seeds = system_seeds(seed, len(atoms_list)) if isinstance(seed, int) else list(seed)
     trajectories = [Trajectory(index=k, seed=int(s), numbers=a.numbers.copy(),
@@ -294,13 +305,25 @@ def _run(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature_K
     limits = {"temperature_K": temperature_K, "min_distance_A": min_distance_A,
               "max_temperature_factor": max_temperature_factor,
               "stability_check": stability_check}
+    settings = {**limits, "structures": md_checkpoint.fingerprint(atoms_list),
+                "seeds": [int(x) for x in seeds], "timestep_fs": timestep_fs,
+                "friction_per_ps": friction_per_ps, "sample_every": sample_every,
+                "skin_A": skin_A}
     start = time.perf_counter()
-    system_steps = 0
+    system_steps, done_s = 0, 0.0
     with torch.inference_mode(False):
-        state = md_init(atoms_list, potential, temperature_K=temperature_K, seed=seeds,
-                        skin_A=skin_A)
-        state = _drop_failed(state, potential, trajectories, limits, record=True)
-        for step in range(1, steps + 1):
+        restored = md_checkpoint.restore(checkpoint, settings, atoms_list, seeds, potential,
+                                         temperature_K, skin_A) if checkpoint else None
+        if restored is None:
+            state = md_init(atoms_list, potential, temperature_K=temperature_K, seed=seeds,
+                            skin_A=skin_A)
+            state = _drop_failed(state, potential, trajectories, limits, record=True)
+        else:
+            state, system_steps, done_s = (restored.state, restored.system_steps,
+                                           restored.wall_s)
+            for t, saved in zip(trajectories, restored.trajectories, strict=True):
+                _load_trajectory(t, saved)
+        for step in range(state.step + 1, steps + 1):
             if state.n_systems == 0:
                 break
             system_steps += state.n_systems
@@ -308,15 +331,29 @@ def _run(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature_K
                             friction_per_ps=friction_per_ps, temperature_K=temperature_K)
             state = _drop_failed(state, potential, trajectories, limits,
                                  record=step % sample_every == 0)
+            if checkpoint and (step % checkpoint_every == 0 or step == steps):
+                md_checkpoint.save(checkpoint, state, trajectories, settings, system_steps,
+                                   done_s + time.perf_counter() - start)
             if callback is not None:
                 callback(step, state)
     return MDResult(trajectories=trajectories, steps=steps, timestep_fs=timestep_fs,
                     temperature_K=temperature_K, friction_per_ps=friction_per_ps,
-                    wall_s=time.perf_counter() - start, system_steps=system_steps,
+                    wall_s=done_s + time.perf_counter() - start, system_steps=system_steps,
                     criterion=criterion(stability_check=stability_check,
                                         min_distance_A=min_distance_A,
                                         max_temperature_factor=max_temperature_factor,
                                         temperature_K=temperature_K))
+
+
+def _load_trajectory(t: Trajectory, saved: dict[str, Any]) -> None:
+    """Fill `t` with what a checkpoint stored of it."""
+    t.steps = list(saved["steps"])
+    t.positions = [np.asarray(p.numpy()) for p in saved["positions"]]
+    t.temperature_K = list(saved["temperature_K"])
+    t.potential_energy_eV = list(saved["potential_energy_eV"])
+    t.total_energy_eV = list(saved["total_energy_eV"])
+    t.failure = None if saved["failure"] is None else Failure(saved["failure"])
+    t.failed_step, t.detail = saved["failed_step"], saved["detail"]
 
 
 def _drop_failed(state: MDState, potential: PotentialLike, trajectories: list[Trajectory],

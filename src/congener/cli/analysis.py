@@ -12,6 +12,7 @@ import numpy as np
 from congener.bounds import check_float, check_int, check_seed
 from congener.cli import cli
 from congener.errors import ConfigError, DataError
+from congener.files import folder_lock, output_folder
 
 MAX_MESH = 100  # 10^6 q-points; the paper's DOS uses 20
 MAX_R_CUT_A = 10.0
@@ -145,12 +146,16 @@ def _read_structure(text: str) -> Any:
               show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch threads [default: all cores].")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000,
+              show_default=True, help="Steps between MD checkpoints (OUTPUT/md_state.pt); a "
+              "rerun with the same settings continues from the last one (--steps may grow).")
 @click.option("-o", "--output", required=True, help="Folder for rdf.csv, adf.csv, rdf.png, "
-              "structure.json and stability.json.")
+              "structure.json, stability.json and the MD checkpoint.")
 def md_command(model: str, structure: str, temperature: float, timestep: float, steps: int,
                friction: float, trajectories: int, seed: int, sample_every: int,
                discard: int | None, min_distance: float | None, no_stability_check: bool,
-               r_cut: float, dtype: str, device: str, threads: int | None, output: str) -> None:
+               r_cut: float, dtype: str, device: str, threads: int | None,
+               checkpoint_every: int, output: str) -> None:
     """Run TRAJECTORIES Langevin trajectories of MODEL (a checkpoint) from one structure as
     one batch; unstable ones are recorded and dropped. RDF and ADF over stable ones.
 
@@ -183,7 +188,9 @@ def md_command(model: str, structure: str, temperature: float, timestep: float, 
                           f"{sample_every}, --steps {steps})")
     atoms = _read_structure(structure)
     potential = load_source(model, device=resolve_device(device))
-    with tqdm(total=steps, unit="step", desc="MD", disable=None) as bar:
+    out = output_folder(output)
+    with folder_lock(out, f"MD folder {out}"), \
+            tqdm(total=steps, unit="step", desc="MD", disable=None) as bar:
 
         def progress(step: int, state: Any) -> None:
             bar.update(1)
@@ -195,9 +202,8 @@ def md_command(model: str, structure: str, temperature: float, timestep: float, 
                         friction_per_ps=friction, seed=seed, sample_every=sample_every,
                         min_distance_A=min_distance,
                         stability_check=not no_stability_check, dtype=dtype,
-                        threads=threads, callback=progress)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+                        threads=threads, callback=progress, checkpoint=out / "md_state.pt",
+                        checkpoint_every=checkpoint_every)
     (out / "stability.json").write_text(json.dumps(stability_summary(result), indent=2) + "\n")
     click.echo(f"stable: {result.n_stable}/{trajectories} trajectories; "
                f"{result.system_steps_per_s:.1f} system-steps/s")
