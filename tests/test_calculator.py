@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from ase import units
 from ase.md.verlet import VelocityVerlet
 
@@ -43,3 +45,29 @@ def test_energy_is_conserved_in_ase_velocity_verlet():
     drift = np.ptp(energies)
     kinetic = atoms.get_kinetic_energy()
     assert kinetic > 0.01 and drift < 2e-3 * max(kinetic, 0.1), (drift, kinetic)
+
+
+def test_per_atom_energies_one_pass_and_the_callers_potential_untouched():
+    pot = small_potential(("Si",), cutoff=4.0, dtype=torch.float32)
+    before = {k: v.clone() for k, v in pot.state_dict().items()}
+    calc = CongenerCalculator(pot, device="cpu", dtype="float64")
+    assert next(pot.parameters()).dtype == torch.float32  # not converted in place
+    assert all(torch.equal(before[k], v) for k, v in pot.state_dict().items())
+    atoms = rattled_diamond("Si", amount=0.1)
+    atoms.calc = calc
+    calls = []
+    forward = calc.potential.forward
+    calc.potential.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    energies = atoms.get_potential_energies()
+    atoms.get_forces()
+    atoms.get_stress()
+    assert len(calls) == 1  # energy, per-atom energies, forces and stress in one evaluation
+    assert energies.shape == (len(atoms),)
+    assert energies.sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+    # each per-atom energy carries its atom's reference energy: shifting the reference of Si
+    # by 1 eV shifts every atom by 1 eV
+    shifted = small_potential(("Si",), cutoff=4.0)
+    shifted.set_energy_refs({"Si": shifted.get_energy_refs()["Si"] + 1.0})
+    other = atoms.copy()
+    other.calc = CongenerCalculator(shifted, device="cpu")
+    np.testing.assert_allclose(other.get_potential_energies(), energies + 1.0, atol=1e-6)

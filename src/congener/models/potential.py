@@ -46,6 +46,7 @@ class Prediction:
     energy: Tensor
     forces: Tensor
     stress: Tensor | None = None
+    atomic: Tensor | None = None  # [N] per-atom energies, references included (eV, float64)
 
 
 class Potential(nn.Module):
@@ -116,12 +117,13 @@ class Potential(nn.Module):
         else:
             pos = inputs[0]
         with torch.enable_grad():
-            e_net = _per_structure(graph, self.network(graph, pos, cell))
+            atomic = self.network(graph, pos, cell)
+            e_net = _per_structure(graph, atomic)
             grads = torch.autograd.grad(e_net.sum(), inputs, create_graph=create_graph)
         if not create_graph:
-            e_net = e_net.detach()
+            e_net, atomic = e_net.detach(), atomic.detach()
         energy = e_net.to(torch.float64) + self.reference_energy(graph)
-        out = Prediction(energy=energy, forces=-grads[0])
+        out = Prediction(energy=energy, forces=-grads[0], atomic=self._atomic(graph, atomic))
         if stress:
             out.stress = _per_volume(graph, grads[1])
         return out
@@ -136,12 +138,16 @@ class Potential(nn.Module):
         forces = torch.zeros_like(graph.positions).index_add_(0, i, grad).index_add_(
             0, j, grad, alpha=-1.0)
         out = Prediction(energy=e_net.to(torch.float64) + self.reference_energy(graph),
-                         forces=forces)
+                         forces=forces, atomic=self._atomic(graph, atomic))
         if stress:
             virial = _per_structure(graph, vec.unsqueeze(2) * grad.unsqueeze(1),
                                     graph.batch.index_select(0, i))
             out.stress = _per_volume(graph, 0.5 * (virial + virial.transpose(1, 2)))
         return out
+
+    def _atomic(self, graph: Graph, atomic: Tensor) -> Tensor:
+        """Per-atom energies with each atom's reference energy (float64)."""
+        return atomic.to(torch.float64) + self.energy_refs.index_select(0, graph.species)
 
     def set_energy_refs(self, refs: dict[str, float]) -> None:
         """Set per-element reference energies (eV/atom)."""
