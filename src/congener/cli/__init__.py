@@ -34,6 +34,32 @@ def parse_list(text: str | None, convert: type, option: str) -> tuple | None:
         raise CongenerError(f"{option} must be comma-separated {kind} (got {text!r})") from exc
 
 
+def label_key_options(fn):
+    """--energy-key, --forces-key, --stress-key, --virial-key: where a data file keeps its
+    labels (MACE/NequIP files: REF_energy, REF_forces, REF_stress); passed on as `keys`."""
+    options = [
+        click.option("--energy-key", default="energy", show_default=True,
+                     help="Per-structure energy label of the data files (eV)."),
+        click.option("--forces-key", default="forces", show_default=True,
+                     help="Per-atom forces label (eV/Å)."),
+        click.option("--stress-key", default="stress", show_default=True,
+                     help="Per-structure stress label (eV/Å³, ASE sign)."),
+        click.option("--virial-key", default=None,
+                     help="Per-structure virial label (eV) instead of a stress: -virial/V."),
+    ]
+    def wrapper(*args, energy_key, forces_key, stress_key, virial_key, **kwargs):
+        from congener.data.formats import LabelKeys
+
+        keys = LabelKeys(energy_key, forces_key, stress_key, virial_key)
+        return fn(*args, keys=None if keys.default else keys, **kwargs)
+    import functools
+
+    wrapper = functools.update_wrapper(wrapper, fn)
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 def _register() -> None:
     # Imported here so that each module can import `cli` from this package.
     from congener.cli import analysis as _analysis  # noqa: F401

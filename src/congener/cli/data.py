@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from congener.cli import cli, parse_list
+from congener.cli import cli, label_key_options, parse_list
 from congener.data.mlearn import MlearnSplit
 from congener.data.split import Stratify
 from congener.data.sw_protocol import Preset
@@ -116,7 +116,8 @@ def mlearn_command(path: str, output: str, split: str, no_surfaces: bool) -> Non
 @click.option("--min-distance", type=float, default=0.5, show_default=True,
               help="Flag structures with two atoms closer than this (Å, periodic images "
                    "included); the default lies below any chemical bond (H2: 0.74 Å).")
-def info_command(files: tuple[str, ...], min_distance: float) -> None:
+@label_key_options
+def info_command(files: tuple[str, ...], min_distance: float, keys=None) -> None:
     """Counts by group and temperature, sizes, elements, energy and force ranges, the shortest
     interatomic distance, and the structures with overlapping atoms."""
     from congener.data.structures import read_structures
@@ -125,7 +126,7 @@ def info_command(files: tuple[str, ...], min_distance: float) -> None:
     if not min_distance >= 0:
         raise ConfigError(f"--min-distance must be a distance >= 0 in Å (got {min_distance})")
     for name in files:
-        summary = summarize(read_structures(name), min_distance=min_distance)
+        summary = summarize(read_structures(name, keys=keys), min_distance=min_distance)
         click.echo(f"{name}:")
         for line in summary.lines():
             click.echo(f"  {line}")
@@ -158,8 +159,9 @@ def _size(text: str | None, name: str) -> int | float | None:
               help="Apply the sizes within each temperature or group.")
 @click.option("-o", "--output", "prefix", required=True,
               help="Prefix: writes PREFIX_train.extxyz, PREFIX_val.extxyz, PREFIX_test.extxyz.")
+@label_key_options
 def split_command(file: str, train: str | None, val: str, test: str, seed: int,
-                  stratify: str | None, prefix: str) -> None:
+                  stratify: str | None, prefix: str, keys=None) -> None:
     """Split a structure file reproducibly (same seed, same split). A part asked for (the
     training part always, val or test when not 0) must get at least one structure, in every
     stratum with --stratify; val and test of 0 are not written."""
@@ -168,8 +170,8 @@ def split_command(file: str, train: str | None, val: str, test: str, seed: int,
 
     sizes = {"train": _size(train, "train"), "val": _size(val, "val"),
              "test": _size(test, "test")}
-    parts = split_structures(read_structures(file), **sizes, seed=seed, stratify=stratify,
-                             nonempty=True, names=("--train", "--val", "--test"))
+    parts = split_structures(read_structures(file, keys=keys), **sizes, seed=seed,
+                             stratify=stratify, nonempty=True, names=("--train", "--val", "--test"))
     base = prefix.removesuffix(".extxyz")
     for name, structures in parts.items():
         if structures:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from congener.cli import cli
+from congener.cli import cli, label_key_options
 from congener.errors import ConfigError
 from congener.files import output_folder, write_json
 
@@ -78,20 +78,21 @@ def _configs(config_file, overrides, cutoff=None, *, fixed_model: str | None = N
     return model, replace(train, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _load_sets(train_file, val_file, val_fraction, seed):
+def _load_sets(train_file, val_file, val_fraction, seed, keys=None):
     from congener.data.split import random_split
     from congener.data.structures import read_structures
 
-    train = read_structures(train_file)
+    train = read_structures(train_file, keys=keys)
     if val_file:
-        return train, read_structures(val_file)
+        return train, read_structures(val_file, keys=keys)
     if not 0 < val_fraction < 1 or len(train) < 2:
         raise ConfigError("give --val, or --val-fraction in (0, 1) with >= 2 training structures")
     split = random_split(len(train), val=max(1, round(val_fraction * len(train))), seed=seed)
     return [train[k] for k in split.train], [train[k] for k in split.val]
 
 
-def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=None, meta=None):
+def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=None, meta=None,
+         keys=None):
     from tqdm import tqdm
 
     from congener.analysis.errors import evaluate, metrics
@@ -117,7 +118,7 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
                f"{result.seconds:.0f} s")
     click.echo(f"model: {Path(run_dir) / 'model.pt'}")
     if test_file:
-        m = metrics(evaluate(potential, read_structures(test_file)))
+        m = metrics(evaluate(potential, read_structures(test_file, keys=keys)))
         write_json(Path(run_dir) / "test_metrics.json", m)
         click.echo(f"test: energy MAE {m['energy_mae']:.2f} meV/atom, force MAE "
                    f"{m['force_mae']:.4f} eV/Å ({m['n']} structures"
@@ -131,13 +132,14 @@ _OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress
 
 
 @cli.command("train")
+@label_key_options
 @_train_options
 @click.option("--cutoff", type=float, default=None, help="Cutoff in Å [default: 5.0].")
 @click.option("--init", "init_model", default=None,
               help="Continue from this model instead of random weights (e.g. a second stage "
                    "with --energy-weight after force matching).")
 def train_command(train_file, val_file, val_fraction, test_file, config_file, run_dir,
-                  cutoff, init_model, **overrides):
+                  cutoff, init_model, keys=None, **overrides):
     """Train a DimeNet++ potential from scratch (force matching unless --energy-weight > 0)."""
     import torch
 
@@ -147,7 +149,7 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
     model_cfg, cfg = _configs(config_file, {k: overrides[k] for k in _OVERRIDES}, cutoff,
                               fixed_model=init_model and "--init keeps the model's architecture "
                                                          "and cutoff")
-    train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
+    train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed, keys)
     torch.manual_seed(cfg.seed)  # the initial weights follow --seed: the same seed, same model
     if init_model:
         potential = load_potential(init_model)
@@ -159,7 +161,7 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
         potential = build_potential(elements_of(train), model_cfg)  # what it is trained on
     meta = {"mode": "scratch" if not init_model else "continued",
             "init_model": init_model, "train_data": file_hash_of(train_file)}
-    _run(potential, train, val, model_cfg, cfg, run_dir, test_file, meta=meta)
+    _run(potential, train, val, model_cfg, cfg, run_dir, test_file, meta=meta, keys=keys)
 
 
 @cli.command("transfer")
@@ -180,10 +182,11 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
               help="Corresponding-states start: 'auto' fits a length and an energy scale to "
                    "the training forces (target distances x S, energies x MU), 'S,MU' sets "
                    "them, 'none' starts from the source as it is.")
+@label_key_options
 @_train_options(required=False)
 def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, list_blocks,
                      soft_freeze, scale, train_file, val_file, val_fraction, test_file,
-                     config_file, run_dir, **overrides):
+                     config_file, run_dir, keys=None, **overrides):
     """Fine-tune SOURCE_MODEL on target data (all parameters by default). SOURCE_MODEL is a
     congener checkpoint or a foundation model: chgnet:0.3.0, chgnet:0.2.0, chgnet:r2scan,
     sevennet:7net-0, ..."""
@@ -217,7 +220,7 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, list_
     source = load_source(source_model)
     if scale != "none" and source.network.family != "dimenet++":
         raise ConfigError("--scale (corresponding states) rescales DimeNet++ models only")
-    train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed)
+    train, val = _load_sets(train_file, val_file, val_fraction, cfg.seed, keys)
     potential = transfer.start_from(source, pairs, elements_of(train),
                                     fresh_embedding=fresh_embedding, seed=cfg.seed)
     meta = {"mode": "transfer", "source_model": str(source_model), "mapping": pairs,
@@ -243,7 +246,8 @@ def transfer_command(source_model, mapping, fresh_embedding, freeze_parts, list_
         else:
             names = transfer.freeze(potential, parts)
             click.echo(f"frozen: {len(names)} parameter tensors ({', '.join(parts)})")
-    _run(potential, train, val, None, cfg, run_dir, test_file, lr_scales=scales, meta=meta)
+    _run(potential, train, val, None, cfg, run_dir, test_file, lr_scales=scales, meta=meta,
+         keys=keys)
 
 
 def _list_blocks(potential) -> None:
@@ -283,7 +287,8 @@ def _scales(potential, train, value: str):
 @click.option("--json", "json_out", default=None,
               help="Write the metrics to this JSON file (strict JSON: null for a metric "
                    "without data; `nonfinite_structures` lists structures left out).")
-def evaluate_command(model, data, by, plot, json_out):
+@label_key_options
+def evaluate_command(model, data, by, plot, json_out, keys=None):
     """Energy, force and stress errors of MODEL on DATA files.
 
     Structures whose predictions are not finite (e.g. overlapping atoms) are named in a
@@ -300,7 +305,7 @@ def evaluate_command(model, data, by, plot, json_out):
     potential = load_source(model, dtype=__import__("torch").float64)
     structures, origins = [], []  # origins: (file, index in the file) of each structure
     for f in data:
-        read = read_structures(f)
+        read = read_structures(f, keys=keys)
         structures += read
         origins += [(f, k) for k in range(len(read))]
     ev = evaluate(potential, structures)

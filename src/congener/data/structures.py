@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ase.io
 import numpy as np
@@ -19,6 +20,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers
 
 from congener.errors import DataError
+
+if TYPE_CHECKING:
+    from congener.data.formats import LabelKeys
 
 META_KEYS = ("temperature", "group", "source")
 
@@ -177,32 +181,48 @@ def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
             raise DataError(f"{name} {problem}")
 
 
-def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
-    """Read labelled structures (extended XYZ or any format ASE reads) and validate them."""
+def read_structures(path: str | Path, index: str = ":", keys: LabelKeys | None = None
+                    ) -> list[Atoms]:
+    """Read labelled structures (extended XYZ, an ASE database `.db`, or any format ASE reads)
+    and validate them. `keys` names labels stored under other keys (`REF_energy`, a virial,
+    ...: see `data.formats.LabelKeys`)."""
+    from congener.data.formats import read_db, relabel
+
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a directory, not a structure file")
     if not path.is_file():
         raise DataError(f"no such file: {path}")
     try:
-        structures = ase.io.read(path, index=index)
+        if path.suffix == ".db":
+            structures = read_db(path)
+            structures = structures if index == ":" else structures[int(index)]
+        else:
+            structures = ase.io.read(path, index=index)
     except Exception as exc:  # ASE raises many types for malformed files
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(structures, Atoms):
         structures = [structures]
     if not structures:
         raise DataError(f"{path} holds no structures")
+    if keys is not None:
+        structures = relabel(structures, keys, where=str(path))
     validate(structures, where=str(path))
     return list(structures)
 
 
 def write_structures(path: str | Path, structures: Iterable[Atoms]) -> Path:
-    """Write structures with labels and metadata to extended XYZ (atomic via a temp file)."""
+    """Write structures with labels and metadata to extended XYZ, or to an ASE database when
+    `path` ends in .db (atomic via a temp file)."""
+    from congener.data.formats import write_db
     from congener.files import atomic_write, output_file
 
     path = output_file(path, "")
     with atomic_write(path) as tmp:
-        ase.io.write(tmp, list(structures), format="extxyz")
+        if path.suffix == ".db":
+            write_db(tmp, structures)
+        else:
+            ase.io.write(tmp, list(structures), format="extxyz")
     return path
 
 

@@ -63,12 +63,17 @@ class TargetSpec:
     test: str | None = None
     test_size: int = 40
     val_size: int = 5
+    keys: dict[str, str] | None = None  # label keys of a data file (data.formats.LabelKeys)
 
     def __post_init__(self) -> None:
         _check_text("target.data", self.data)
         _check_text("target.test", self.test, optional=True)
         check_int("target.test_size", self.test_size, 1)
         check_int("target.val_size", self.val_size, 1)
+        _label_keys(self.keys, "target.keys")
+
+    def label_keys(self):
+        return _label_keys(self.keys, "target.keys")
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,28 @@ class SourceSpec:
     data: str | None = "sw:Si"
     model: str | None = None
     val_size: int = 10
+    keys: dict[str, str] | None = None  # label keys of a data file (data.formats.LabelKeys)
 
     def __post_init__(self) -> None:
         _check_text("source.data", self.data, optional=True)
         _check_text("source.model", self.model, optional=True)
         check_int("source.val_size", self.val_size, 1)
+        _label_keys(self.keys, "source.keys")
+
+    def label_keys(self):
+        return _label_keys(self.keys, "source.keys")
+
+
+def _label_keys(values: Any, where: str):
+    """`LabelKeys` of a section (None: ASE's own keys); one-line errors for bad entries."""
+    from congener.data.formats import LabelKeys
+
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must map energy/forces/stress/virial to key names "
+                          f"(got {values!r})")
+    return LabelKeys.from_dict(values, where)
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,11 @@ def prepare_data(cfg: StudyConfig, study_dir: Path, *, workers: int = 1,
     if not (paths["target_pool"].is_file() and paths["target_test"].is_file()):
         if progress:
             progress(f"target data: {cfg.target.data}")
-        pool, test = load_spec(cfg.target.data, study_dir / "data" / "target.work", workers)
+        keys = cfg.target.label_keys()
+        pool, test = load_spec(cfg.target.data, study_dir / "data" / "target.work", workers,
+                               keys)
         if cfg.target.test:
-            test = read_structures(cfg.target.test)
+            test = read_structures(cfg.target.test, keys=keys)
         if test is None:
             stratified = _has_temperature(pool)  # sizes then apply per temperature
             test_size = cfg.target.test_size / len(pool) if stratified else cfg.target.test_size
@@ -98,7 +100,8 @@ def prepare_data(cfg: StudyConfig, study_dir: Path, *, workers: int = 1,
     if needs_source and not paths["source_train"].is_file():
         if progress:
             progress(f"source data: {cfg.source.data}")
-        train, _ = load_spec(cfg.source.data, study_dir / "data" / "source.work", workers)
+        train, _ = load_spec(cfg.source.data, study_dir / "data" / "source.work", workers,
+                             cfg.source.label_keys())
         parts = split_structures(train, val=cfg.source.val_size, seed=12345)
         write_structures(paths["source_val"], parts["val"])
         write_structures(paths["source_train"], parts["train"])

@@ -33,7 +33,7 @@ class Outline:
     n_test: int | None = None
 
 
-def _outline(spec: str) -> Outline:
+def _outline(spec: str, keys=None) -> Outline:
     kind, _, rest = spec.partition(":")
     if kind == "sw" and rest:
         from congener.data.stillinger_weber import load_sw_params
@@ -52,7 +52,7 @@ def _outline(spec: str) -> Outline:
                        len(splits["test"]))
     if not Path(spec).is_file():
         raise DataError(f"data spec {spec!r} is neither sw:<El>, mlearn:<folder> nor a file")
-    structures = read_structures(spec)
+    structures = read_structures(spec, keys=keys)
     return Outline(_keys(structures), elements_of(structures))
 
 
@@ -89,9 +89,9 @@ def target_outline(cfg: StudyConfig, study_dir: Path) -> tuple[list[Hashable], l
     if (data / "target_pool.extxyz").is_file() and (data / "target_test.extxyz").is_file():
         pool = read_structures(data / "target_pool.extxyz")
         return _keys(pool), elements_of(pool)
-    outline = _outline(cfg.target.data)
+    outline = _outline(cfg.target.data, cfg.target.label_keys())
     if cfg.target.test:
-        read_structures(cfg.target.test)  # readable, before anything runs
+        read_structures(cfg.target.test, keys=cfg.target.label_keys())  # readable, now
         return outline.keys, outline.elements
     if outline.n_test is not None:
         return outline.keys, outline.elements
@@ -106,7 +106,7 @@ def _source_elements(cfg: StudyConfig, study_dir: Path) -> list[str]:
     prepared = study_dir / "data" / "source_train.extxyz"
     if prepared.is_file():
         return elements_of(read_structures(prepared))
-    outline = _outline(str(cfg.source.data))
+    outline = _outline(str(cfg.source.data), cfg.source.label_keys())
     if len(outline.keys) <= cfg.source.val_size:
         raise DataError(f"source data {cfg.source.data} holds {len(outline.keys)} structures: "
                         f"too few for source.val_size {cfg.source.val_size} plus training")

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from ase import Atoms
 
+from congener.data.formats import LabelKeys
 from congener.data.structures import read_structures
 from congener.errors import DataError
 
 
-def load_spec(spec: str, workdir: Path, workers: int = 1
+def load_spec(spec: str, workdir: Path, workers: int = 1, keys: LabelKeys | None = None
               ) -> tuple[list[Atoms], list[Atoms] | None]:
     """Structures named by `spec`: (training pool, test set or None when the spec has none).
 
@@ -34,4 +35,4 @@ def load_spec(spec: str, workdir: Path, workers: int = 1
     path = Path(spec)
     if not path.is_file():
         raise DataError(f"data spec {spec!r} is neither sw:<El>, mlearn:<folder> nor a file")
-    return read_structures(path), None
+    return read_structures(path, keys=keys), None
