@@ -11,7 +11,6 @@ from ase import Atoms
 from chgnet.model import CHGNet
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from congener.calculator import CongenerCalculator
 from congener.errors import DataError
 from congener.graph import build_graph
 from congener.models.checkpoint import load_potential, save_potential
@@ -19,7 +18,12 @@ from congener.models.family import block_parameters
 from congener.models.foundation.chgnet import VARIANTS, CHGNetNetwork
 from congener.models.potential import Potential
 from congener.models.registry import load_source
-from congener.testing import assert_blocks_partition, check_potential, predict
+from congener.testing import (
+    assert_blocks_partition,
+    assert_calculator_agrees,
+    check_potential,
+    predict,
+)
 
 SMALL = {"atom_fea_dim": 8, "bond_fea_dim": 8, "angle_fea_dim": 8, "num_radial": 5,
          "num_angular": 5, "n_conv": 3, "atom_conv_hidden_dim": 8, "bond_conv_hidden_dim": 8,
@@ -126,12 +130,7 @@ def test_checkpoint_round_trip_and_calculator(chgnet_030, tmp_path):
     assert torch.equal(original.stress, again.stress)
     assert loaded.get_energy_refs() == chgnet_030.get_energy_refs()
 
-    atoms.calc = CongenerCalculator(loaded, device="cpu")
-    assert atoms.get_potential_energy() == pytest.approx(float(again.energy[0]), abs=1e-9)
-    assert np.allclose(atoms.get_forces(), again.forces.numpy(), atol=1e-10)
-    s = again.stress[0].numpy()
-    voigt = [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
-    assert np.allclose(atoms.get_stress(), voigt, atol=1e-12)
+    assert_calculator_agrees(loaded, atoms, atol=1e-10)
 
 
 def test_blocks_cover_every_parameter_once_in_order(chgnet_030):

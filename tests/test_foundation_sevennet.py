@@ -12,14 +12,18 @@ import pytest
 import torch
 from ase import Atoms
 
-from congener.calculator import CongenerCalculator
 from congener.graph import build_graph
 from congener.models.checkpoint import load_potential, save_potential
 from congener.models.family import block_parameters
 from congener.models.foundation.sevennet import VARIANTS, SevenNetNetwork
 from congener.models.potential import Potential
 from congener.models.registry import load_source
-from congener.testing import assert_blocks_partition, check_potential, predict
+from congener.testing import (
+    assert_blocks_partition,
+    assert_calculator_agrees,
+    check_potential,
+    predict,
+)
 
 SMALL = {"chemical_species": ["Si", "Ge"], "cutoff": 4.0, "channel": 8, "lmax": 2,
          "num_convolution_layer": 2, "weight_nn_hidden_neurons": [8],
@@ -205,12 +209,7 @@ def test_checkpoint_round_trip_and_calculator(sevennet_0, tmp_path):
     assert torch.allclose(original.stress, again.stress, rtol=0, atol=1e-14)
     assert loaded.get_energy_refs() == sevennet_0.get_energy_refs()
 
-    atoms.calc = CongenerCalculator(loaded, device="cpu")
-    assert atoms.get_potential_energy() == pytest.approx(float(again.energy[0]), abs=1e-9)
-    assert np.allclose(atoms.get_forces(), again.forces.numpy(), atol=1e-10)
-    s = again.stress[0].numpy()
-    voigt = [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
-    assert np.allclose(atoms.get_stress(), voigt, atol=1e-12)
+    assert_calculator_agrees(loaded, atoms, atol=1e-10)
 
 
 def test_blocks_cover_every_parameter_once_in_order(sevennet_0):

@@ -147,6 +147,22 @@ def assert_blocks_partition(network) -> None:
         assert set(members) <= known, f"alias {alias} names unknown blocks"
 
 
+def assert_calculator_agrees(pot: Potential, atoms: Atoms, *, atol: float = 1e-9) -> None:
+    """The ASE calculator over `pot` (float64, CPU) gives the energy, forces and Voigt stress
+    (ASE sign) of `predict`."""
+    from congener.calculator import CongenerCalculator
+
+    out = predict(pot, atoms, stress=True)
+    atoms = atoms.copy()
+    atoms.calc = CongenerCalculator(pot, device="cpu")
+    assert abs(atoms.get_potential_energy() - float(out.energy[0])) <= atol * len(atoms)
+    np.testing.assert_allclose(atoms.get_forces(), out.forces.detach().double().numpy(),
+                               atol=atol)
+    s = out.stress[0].detach().double().numpy()
+    voigt = [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
+    np.testing.assert_allclose(atoms.get_stress(), voigt, atol=atol * 1e-2)
+
+
 def default_structures(pot: Potential) -> list[Atoms]:
     """Two small test cells of an element the potential knows (Si or Ge if it can): a rattled,
     sheared (triclinic) 8-atom diamond cell and a rattled 2-atom primitive cell."""
