@@ -29,6 +29,21 @@ def small_potential(elements=("Si",), cutoff: float = 4.0, seed: int = 0,
     return pot
 
 
+def family_potential(network, refs=(("Si", -5.0), ("Ge", -4.5))) -> Potential:
+    """A float64 `Potential` over `network` (any family) knowing every element the network
+    embeds, with the given reference energies (eV/atom)."""
+    potential = Potential(network, network.supported_elements()).to(torch.float64)
+    potential.set_energy_refs(dict(refs))
+    return potential
+
+
+def rattled_ge(reps=(1, 1, 1), seed: int = 3):
+    """A rattled cubic Ge diamond cell (8 atoms per repetition)."""
+    atoms = ase.build.bulk("Ge", "diamond", a=5.65, cubic=True) * reps
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
 def rattled_diamond(symbol: str = "Si", a: float = 5.43, reps=(1, 1, 1), amount: float = 0.08,
                     seed: int = 0, shear: float = 0.15):
     """A rattled, slightly sheared (triclinic) diamond cell."""
@@ -46,10 +61,10 @@ def potential():
 
 
 class Result:
-    """Exit code and the combined output of one `congener` command."""
+    """Exit code, standard output and error, and both combined, of one `congener` command."""
 
     def __init__(self, code: int, out: str, err: str) -> None:
-        self.exit_code, self.output = code, out + err
+        self.exit_code, self.out, self.err, self.output = code, out, err, out + err
 
 
 @pytest.fixture

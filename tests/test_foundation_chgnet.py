@@ -3,11 +3,9 @@ shipped models against CHGNet's own predictions, checkpoints, the ASE calculator
 
 from __future__ import annotations
 
-import ase.build
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
 from chgnet.model import CHGNet
 from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -24,6 +22,7 @@ from congener.testing import (
     check_potential,
     predict,
 )
+from tests.conftest import family_potential, rattled_ge
 
 SMALL = {"atom_fea_dim": 8, "bond_fea_dim": 8, "angle_fea_dim": 8, "num_radial": 5,
          "num_angular": 5, "n_conv": 3, "atom_conv_hidden_dim": 8, "bond_conv_hidden_dim": 8,
@@ -40,16 +39,8 @@ BLOCKS_0_3_0 = ["atom_embedding", "bond_embedding", "angle_embedding",
 def small_chgnet(seed: int = 0, **changes) -> Potential:
     """A randomly initialised CHGNet of ~5700 parameters (float64) with Si and Ge refs."""
     torch.manual_seed(seed)
-    network = CHGNetNetwork.from_config({**SMALL, **changes})
-    potential = Potential(network, network.supported_elements()).to(torch.float64)
-    potential.set_energy_refs({"Si": -5.0, "Ge": -4.5})
-    return potential
+    return family_potential(CHGNetNetwork.from_config({**SMALL, **changes}))
 
-
-def rattled_ge(reps=(1, 1, 1), seed: int = 3) -> Atoms:
-    atoms = ase.build.bulk("Ge", "diamond", a=5.65, cubic=True) * reps
-    atoms.rattle(0.05, seed=seed)
-    return atoms
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import warnings
 
-import ase.build
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
 
 from congener.graph import build_graph
 from congener.models.checkpoint import load_potential, save_potential
@@ -24,6 +22,7 @@ from congener.testing import (
     check_potential,
     predict,
 )
+from tests.conftest import family_potential, rattled_ge
 
 SMALL = {"chemical_species": ["Si", "Ge"], "cutoff": 4.0, "channel": 8, "lmax": 2,
          "num_convolution_layer": 2, "weight_nn_hidden_neurons": [8],
@@ -42,16 +41,8 @@ SEVENN_NAMES = {"7net-0": ("7net-0", None), "7net-0_22May2024": ("7net-0_22may20
 def small_sevennet(seed: int = 0, **changes) -> Potential:
     """A randomly initialised SevenNet of ~1500 parameters (float64) with Si and Ge refs."""
     torch.manual_seed(seed)
-    network = SevenNetNetwork.from_config({**SMALL, **changes})
-    potential = Potential(network, network.supported_elements()).to(torch.float64)
-    potential.set_energy_refs({"Si": -5.0, "Ge": -4.5})
-    return potential
+    return family_potential(SevenNetNetwork.from_config({**SMALL, **changes}))
 
-
-def rattled_ge(reps=(1, 1, 1), seed: int = 3) -> Atoms:
-    atoms = ase.build.bulk("Ge", "diamond", a=5.65, cubic=True) * reps
-    atoms.rattle(0.05, seed=seed)
-    return atoms
 
 
 def sevenn_calculator(variant: str):

@@ -16,24 +16,10 @@ from ase import Atoms
 from ase.io import write
 
 from congener.analysis.errors import Evaluation, metrics
-from congener.cli import main
 from congener.data.structures import label, read_structures, shortest_distance, write_structures
 from congener.errors import DataError
 from congener.models.checkpoint import save_potential
 from tests.conftest import rattled_diamond, small_potential
-
-
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.exit_code, self.out, self.err = code, out, err
-
-
-@pytest.fixture
-def invoke(capsys):
-    def run(*args) -> Result:
-        code = main([str(a) for a in args])
-        return Result(code, *capsys.readouterr())
-    return run
 
 
 def _labelled(n: int, overlap: tuple[int, ...] = (), temperatures=(None,)) -> list[Atoms]:

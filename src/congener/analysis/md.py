@@ -150,14 +150,6 @@ def check_settings(*, temperature_K: float, timestep_fs: float, steps: int,
                 MAX_TEMPERATURE_FACTOR, low_open=True)
 
 
-def _check_args(temperature_K: float, timestep_fs: float, steps: int, friction_per_ps: float,
-                sample_every: int, min_distance_A: float = 2.0,
-                max_temperature_factor: float = 5.0) -> None:
-    check_settings(temperature_K=temperature_K, timestep_fs=timestep_fs, steps=steps,
-                   friction_per_ps=friction_per_ps, sample_every=sample_every,
-                   min_distance_A=min_distance_A, max_temperature_factor=max_temperature_factor)
-
-
 def criterion(*, stability_check: bool = True, min_distance_A: float = 2.0,
               max_temperature_factor: float = 5.0, temperature_K: float | None = None
               ) -> dict[str, Any]:
@@ -267,11 +259,11 @@ def run_md(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature
     `temperature_K`; NaN/Inf stop it always. `MDResult.criterion` records which applied.
     Settings outside their physical range raise `ConfigError` (see `check_settings`).
     """
-    if stability_check:
-        _check_args(temperature_K, timestep_fs, steps, friction_per_ps, sample_every,
-                    min_distance_A, max_temperature_factor)
-    else:
-        _check_args(temperature_K, timestep_fs, steps, friction_per_ps, sample_every)
+    # the close-contact and overheating limits are checked only where they apply
+    limits = ({"min_distance_A": min_distance_A, "max_temperature_factor": max_temperature_factor}
+              if stability_check else {})
+    check_settings(temperature_K=temperature_K, timestep_fs=timestep_fs, steps=steps,
+                   friction_per_ps=friction_per_ps, sample_every=sample_every, **limits)
     tune_allocator()
     previous_threads = torch.get_num_threads()
     set_threads(threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import click
 
 from congener.cli import cli, label_key_options
 from congener.errors import ConfigError
-from congener.files import output_folder, write_json
+from congener.files import output_file, output_folder, write_json
 
 
 def _train_options(fn=None, *, required: bool = True):
@@ -293,7 +292,6 @@ def evaluate_command(model, data, by, plot, json_out, keys=None):
 
     Structures whose predictions are not finite (e.g. overlapping atoms) are named in a
     warning and left out of the means; if no structure is finite, that is an error."""
-    import math
 
     import numpy as np
 
@@ -335,12 +333,8 @@ def evaluate_command(model, data, by, plot, json_out, keys=None):
     if plot:
         click.echo(f"parity plot: {parity_plot(ev, plot, title=Path(model).name)}")
     if json_out:
-        def strict(value):  # JSON has no NaN or inf: null instead
-            if isinstance(value, dict):
-                return {k: strict(v) for k, v in value.items()}
-            return None if isinstance(value, float) and not math.isfinite(value) else value
-        result = strict(rows)
+        result = dict(rows)
         if bad:
             result["nonfinite_structures"] = [{"file": str(origins[k][0]),
                                                "index": origins[k][1]} for k in bad]
-        Path(json_out).write_text(json.dumps(result, indent=2, allow_nan=False))
+        write_json(output_file(json_out, "--json"), result)  # strict: null for NaN and inf

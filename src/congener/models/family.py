@@ -75,6 +75,20 @@ class Network(nn.Module):
         return list(chemical_symbols[1:95])
 
 
+def jsonable(value: Any) -> Any:
+    """`value` as JSON types (for `Network.config()`): str-keyed dicts, lists for tuples,
+    tensors and numpy arrays, Python scalars for numpy scalars; anything else as its str."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # tensors, numpy
+        return jsonable(value.tolist())
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
 def block_parameters(network: Network) -> list[tuple[str, list[str]]]:
     """Each block of `network` with the names of the parameters it holds (relative to the
     network), in the network's order; a parameter belongs to the first block that matches it."""

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from congener.errors import ConfigError, DataError
 from congener.graph import Graph
-from congener.models.family import Network
+from congener.models.family import Network, jsonable
 from congener.models.potential import Potential
 
 VARIANTS = ("0.3.0", "0.2.0", "r2scan")
@@ -48,14 +48,6 @@ VARIANTS = ("0.3.0", "0.2.0", "r2scan")
 def _quiet():
     """CHGNet prints a line whenever a model is built; congener does not."""
     return contextlib.redirect_stdout(io.StringIO())
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class CHGNetNetwork(Network):
@@ -81,7 +73,7 @@ class CHGNetNetwork(Network):
 
     def config(self) -> dict[str, Any]:
         """CHGNet's constructor arguments (`model_args`), less the composition model."""
-        return {k: _jsonable(v) for k, v in self.model.model_args.items()
+        return {k: jsonable(v) for k, v in self.model.model_args.items()
                 if k != "composition_model"}
 
     @classmethod

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from congener.errors import ConfigError, DataError
 from congener.graph import Graph
-from congener.models.family import Network
+from congener.models.family import Network, jsonable
 from congener.models.potential import Potential
 
 # congener variant -> (sevenn pretrained name, fidelity or None)
@@ -66,21 +66,6 @@ def _keys():
     import sevenn._keys as key
 
     return key
-
-
-def _jsonable(value: Any) -> Any:
-    """Lists, floats, ints, strings, bools and str-keyed dicts only."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Tensor):
-        return _jsonable(value.tolist())
-    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy
-        return _jsonable(value.tolist())
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def _model_keys() -> set[str]:
@@ -244,7 +229,7 @@ class SevenNetNetwork(Network):
         cfg[key.TYPE_MAP] = {str(z): i for z, i in self._type_map.items()}
         if self.modal is not None:
             cfg["modal"] = self.modal
-        return _jsonable(cfg)
+        return jsonable(cfg)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SevenNetNetwork:
