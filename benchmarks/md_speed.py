@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/md_speed.py [--steps 30] [--threads 2] [--batches 1,4,8]
 
-Runs `congener.analysis.md.run_md` (BAOAB, 0.5 fs, 1200 K, friction 1/ps, float32) on copies
+Runs `congener.simulation.md.run_md` (BAOAB, 0.5 fs, 1200 K, friction 1/ps, float32) on copies
 of a rattled 2x2x2 diamond Ge cell, for the default model size at cutoff 5.0 and 4.3 Å.
 Prints a markdown table of system-steps per second (steps x trajectories / wall time,
 initialisation and neighbour-list rebuilds included) and the speed-up over one trajectory.
@@ -17,7 +17,7 @@ import platform
 import ase.build
 import torch
 
-from congener.analysis.md import run_md
+from congener.simulation.md import run_md
 from congener.models.checkpoint import build_potential
 from congener.models.dimenet import DimeNetConfig
 

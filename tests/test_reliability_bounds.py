@@ -12,7 +12,7 @@ import ase.io
 import pytest
 import torch
 
-from congener.analysis.md import Failure, run_md
+from congener.simulation.md import Failure, run_md
 from congener.analysis.phonons import diamond_cell
 from congener.analysis.stability import stability_summary
 from congener.errors import ConfigError
@@ -21,7 +21,7 @@ from congener.models.dimenet import DimeNetConfig
 from congener.studies.config import load_study_config
 from congener.training.config import TrainConfig
 from tests.conftest import Result, small_potential
-from tests.test_analysis_md import PairSprings, fcc
+from tests.test_simulation_md import PairSprings, fcc
 
 NAN, INF = float("nan"), float("inf")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from congener.analysis.md import MDResult
+from congener.simulation.md import MDResult
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def format_stability_table(rows: Iterable[StabilityRow]) -> str:
 
 def stability_summary(result: MDResult) -> dict[str, Any]:
     """JSON-ready summary of a run: settings, the stability criterion (what stopped a
-    trajectory; see `congener.analysis.md.criterion`), timing, counts and each trajectory's
+    trajectory; see `congener.simulation.md.criterion`), timing, counts and each trajectory's
     fate."""
     return {
         "steps": result.steps,

@@ -164,7 +164,7 @@ def md_command(model: str, structure: str, temperature: float, timestep: float, 
     written to stability.json."""
     from tqdm import tqdm
 
-    from congener.analysis.md import check_settings, describe_criterion, run_md
+    from congener.simulation.md import check_settings, describe_criterion, run_md
     from congener.analysis.stability import stability_summary
     from congener.models.registry import load_source
     from congener.runtime import resolve_device

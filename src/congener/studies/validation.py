@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from congener.analysis.md import run_md
+from congener.simulation.md import run_md
 from congener.analysis.phonons import PhononDOS, dos_distance, phonon_dos
 from congener.analysis.plots import plot_dos, plot_structure
 from congener.analysis.stability import (

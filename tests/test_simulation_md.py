@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from congener.analysis.md import (
+from congener.simulation.md import (
     Failure,
     kinetic_temperature,
     md_init,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from congener.analysis.integrator import MDState, PotentialLike, md_init
+from congener.simulation.integrator import MDState, PotentialLike, md_init
 from congener.errors import CheckpointError, first_line
 from congener.files import atomic_write
 
@@ -96,7 +96,7 @@ def restore(path: Path, settings: dict[str, Any], atoms_list: Sequence[Atoms],
     if not ids:  # every trajectory had failed
         state = md_init(atoms_list[:1], potential, temperature_K=temperature_K,
                         seed=list(seeds[:1]), skin_A=skin_A)
-        from congener.analysis.integrator import select_systems
+        from congener.simulation.integrator import select_systems
 
         empty = select_systems(state, torch.zeros(1, dtype=torch.bool), potential)
         return Restored(replace(empty, step=payload["step"]), payload["trajectories"],

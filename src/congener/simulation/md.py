@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from congener.analysis.integrator import (
+from congener.simulation.integrator import (
     DEFAULT_SKIN_A,
     MDState,
     PotentialLike,
@@ -287,7 +287,7 @@ def _run(potential: PotentialLike, atoms_list: Sequence[Atoms], *, temperature_K
          dtype: str | torch.dtype | None,
          callback: Callable[[int, MDState], None] | None, checkpoint: Path | None = None,
          checkpoint_every: int = 1000) -> MDResult:
-    from congener.analysis import md_checkpoint
+    from congener.simulation import md_checkpoint
 
     _prepare(potential, device, dtype)
     seeds = system_seeds(seed, len(atoms_list)) if isinstance(seed, int) else list(seed)
