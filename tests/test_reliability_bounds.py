@@ -12,12 +12,12 @@ import ase.io
 import pytest
 import torch
 
-from congener.simulation.md import Failure, run_md
 from congener.analysis.phonons import diamond_cell
 from congener.analysis.stability import stability_summary
 from congener.errors import ConfigError
 from congener.models.checkpoint import save_potential
 from congener.models.dimenet import DimeNetConfig
+from congener.simulation.md import Failure, run_md
 from congener.studies.config import load_study_config
 from congener.training.config import TrainConfig
 from tests.conftest import Result, small_potential

@@ -8,14 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from congener.simulation.md import (
-    Failure,
-    kinetic_temperature,
-    md_init,
-    prune_graph,
-    run_md,
-    system_seeds,
-)
 from congener.analysis.stability import (
     format_stability_table,
     stability_records,
@@ -24,6 +16,14 @@ from congener.analysis.stability import (
 )
 from congener.graph import build_graph
 from congener.models.potential import Prediction
+from congener.simulation.md import (
+    Failure,
+    kinetic_temperature,
+    md_init,
+    prune_graph,
+    run_md,
+    system_seeds,
+)
 from tests.conftest import rattled_diamond, small_potential
 
 

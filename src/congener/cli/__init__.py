@@ -64,6 +64,7 @@ def _register() -> None:
     # Imported here so that each module can import `cli` from this package.
     from congener.cli import analysis as _analysis  # noqa: F401
     from congener.cli import data as _data  # noqa: F401
+    from congener.cli import distill as _distill  # noqa: F401
     from congener.cli import model as _model  # noqa: F401
     from congener.cli import study as _study  # noqa: F401
 

@@ -164,10 +164,10 @@ def md_command(model: str, structure: str, temperature: float, timestep: float, 
     written to stability.json."""
     from tqdm import tqdm
 
-    from congener.simulation.md import check_settings, describe_criterion, run_md
     from congener.analysis.stability import stability_summary
     from congener.models.registry import load_source
     from congener.runtime import resolve_device
+    from congener.simulation.md import check_settings, describe_criterion, run_md
 
     if no_stability_check and min_distance is not None:
         raise ConfigError("--min-distance sets the stability check that --no-stability-check "

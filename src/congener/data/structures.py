@@ -153,16 +153,20 @@ def shortest_distance(atoms: Atoms) -> float:
         cutoff = min(2 * cutoff, bound)
 
 
-def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
+def validate(structures: Sequence[Atoms], *, where: str = "input", labelled: bool = True
+             ) -> None:
     """Raise `DataError` naming the first structure (by index in `where`) with missing or
-    non-finite labels or positions, a dummy atom X (atomic number 0), or a cell that cannot
-    hold its periodic axes."""
+    non-finite labels (unless `labelled` is False: geometry only) or positions, a dummy atom
+    X (atomic number 0), or a cell that cannot hold its periodic axes."""
     for k, atoms in enumerate(structures):
         name = f"{where}: structure {k}"
         dummies = np.flatnonzero(atoms.numbers == 0)
         if len(dummies):
             raise DataError(f"{name} holds {len(dummies)} dummy atom(s) X (atomic number 0), "
                             f"the first at index {int(dummies[0])}; give every atom an element")
+        if not labelled:
+            _check_geometry(atoms, name)
+            continue
         try:
             e, f, s = energy_of(atoms), forces_of(atoms), stress_of(atoms)
         except DataError as exc:
@@ -174,18 +178,22 @@ def validate(structures: Sequence[Atoms], *, where: str = "input") -> None:
             raise DataError(f"{name} has a non-finite force on atom {bad}")
         if s is not None and not np.all(np.isfinite(s)):
             raise DataError(f"{name} has a non-finite stress")
-        if not np.all(np.isfinite(atoms.positions)):
-            raise DataError(f"{name} has non-finite positions")
-        problem = periodic_cell_problem(atoms)
-        if problem:
-            raise DataError(f"{name} {problem}")
+        _check_geometry(atoms, name)
 
 
-def read_structures(path: str | Path, index: str = ":", keys: LabelKeys | None = None
-                    ) -> list[Atoms]:
+def _check_geometry(atoms: Atoms, name: str) -> None:
+    if not np.all(np.isfinite(atoms.positions)):
+        raise DataError(f"{name} has non-finite positions")
+    problem = periodic_cell_problem(atoms)
+    if problem:
+        raise DataError(f"{name} {problem}")
+
+
+def read_structures(path: str | Path, index: str = ":", keys: LabelKeys | None = None,
+                    *, labelled: bool = True) -> list[Atoms]:
     """Read labelled structures (extended XYZ, an ASE database `.db`, or any format ASE reads)
     and validate them. `keys` names labels stored under other keys (`REF_energy`, a virial,
-    ...: see `data.formats.LabelKeys`)."""
+    ...: see `data.formats.LabelKeys`). `labelled=False` reads geometries (labels optional)."""
     from congener.data.formats import read_db, relabel
 
     path = Path(path)
@@ -205,9 +213,9 @@ def read_structures(path: str | Path, index: str = ":", keys: LabelKeys | None =
         structures = [structures]
     if not structures:
         raise DataError(f"{path} holds no structures")
-    if keys is not None:
+    if keys is not None and labelled:
         structures = relabel(structures, keys, where=str(path))
-    validate(structures, where=str(path))
+    validate(structures, where=str(path), labelled=labelled)
     return list(structures)
 
 

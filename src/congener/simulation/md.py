@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from congener.bounds import check_float, check_int
+from congener.runtime import resolve_device, resolve_dtype, set_threads, tune_allocator
 from congener.simulation.integrator import (
     DEFAULT_SKIN_A,
     MDState,
@@ -35,8 +37,6 @@ from congener.simulation.integrator import (
     select_systems,
     system_seeds,
 )
-from congener.bounds import check_float, check_int
-from congener.runtime import resolve_device, resolve_dtype, set_threads, tune_allocator
 
 __all__ = [
     "DEFAULT_SKIN_A", "Failure", "MDResult", "MDState", "Trajectory", "check_settings",

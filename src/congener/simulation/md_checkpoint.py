@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from congener.simulation.integrator import MDState, PotentialLike, md_init
 from congener.errors import CheckpointError, first_line
 from congener.files import atomic_write
+from congener.simulation.integrator import MDState, PotentialLike, md_init
 
 FORMAT = "congener-md/1"
 

@@ -38,11 +38,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from congener.simulation.md import MAX_TEMPERATURE_K
-from congener.simulation.md import check_settings as check_md_settings
 from congener.bounds import MAX_SEED, check_float, check_floats, check_int, check_ints
 from congener.errors import ConfigError
 from congener.models.dimenet import MAX_Z, DimeNetConfig
+from congener.simulation.md import MAX_TEMPERATURE_K
+from congener.simulation.md import check_settings as check_md_settings
 from congener.studies.arms import Arm, arm_from_dict, builtin, check_arms
 from congener.training.config import TrainConfig, from_dict, read_mapping
 

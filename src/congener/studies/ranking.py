@@ -30,9 +30,9 @@ def speed_of(model_path: Path, structure: Any, *, reps: int = 5, md_steps: int =
     steps/s (one Langevin trajectory at 300 K, 1 fs) of the model in `model_path`."""
     import torch
 
-    from congener.simulation.md import run_md
     from congener.graph import build_graph
     from congener.models.checkpoint import load_potential
+    from congener.simulation.md import run_md
 
     potential = load_potential(model_path)
     times = []

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from congener.simulation.md import run_md
 from congener.analysis.phonons import PhononDOS, dos_distance, phonon_dos
 from congener.analysis.plots import plot_dos, plot_structure
 from congener.analysis.stability import (
@@ -29,6 +28,7 @@ from congener.calculator import CongenerCalculator
 from congener.data.structures import read_structures
 from congener.errors import ConfigError, CongenerError, DataError, SimulationUnstable
 from congener.models.checkpoint import load_potential
+from congener.simulation.md import run_md
 from congener.studies.config import PhononStage, RunSpec, StudyConfig
 from congener.studies.run import write_json
 

@@ -20,26 +20,39 @@ from congener.models.potential import Potential, Prediction
 @dataclass
 class Targets:
     """Reference labels of a batch: energy [B] eV (float64), forces [N,3] eV/Å,
-    stress [B,3,3] eV/Å³ with has_stress [B] marking structures that carry one."""
+    stress [B,3,3] eV/Å³ with has_stress [B] marking structures that carry one; weight [B]
+    multiplies each structure's terms in the loss (None: all equal)."""
 
     energy: Tensor
     forces: Tensor
     stress: Tensor
     has_stress: Tensor
     n_atoms: Tensor
+    weight: Tensor | None = None
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Targets:
         return Targets(self.energy.to(device), self.forces.to(device, dtype),
                        self.stress.to(device, dtype), self.has_stress.to(device),
-                       self.n_atoms.to(device))
+                       self.n_atoms.to(device),
+                       None if self.weight is None else self.weight.to(device, dtype))
 
 
 class LabelledSet:
-    """Structures with their graphs (built once) and labels, batched on demand."""
+    """Structures with their graphs (built once) and labels, batched on demand. `weights`
+    (one per structure, >= 0) weight each structure's loss terms, e.g. DFT structures mixed
+    into a distillation set; None weights all alike."""
 
-    def __init__(self, structures: Sequence[Atoms], cutoff: float, *, name: str = "data") -> None:
+    def __init__(self, structures: Sequence[Atoms], cutoff: float, *, name: str = "data",
+                 weights: Sequence[float] | None = None) -> None:
         if not structures:
             raise DataError(f"{name} holds no structures")
+        if weights is not None and (len(weights) != len(structures)
+                                    or not np.all(np.isfinite(weights))
+                                    or np.any(np.asarray(weights) < 0)
+                                    or not np.any(np.asarray(weights) > 0)):
+            raise DataError(f"{name}: weights must be one finite value >= 0 per structure, "
+                            "not all 0")
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
         validate(structures, where=name)
         self.name = name
         self.structures = list(structures)
@@ -63,12 +76,15 @@ class LabelledSet:
                 digest.update(np.ascontiguousarray(array).tobytes())
         for tensor in (self.energy, *self.forces, self.stress, self.has_stress):
             digest.update(tensor.numpy().tobytes())
+        if self.weights is not None:
+            digest.update(self.weights.numpy().tobytes())
         return digest.hexdigest()[:16]
 
     def batch(self, indices: Sequence[int]) -> tuple[Graph, Targets]:
         idx = torch.as_tensor(list(indices))
         targets = Targets(self.energy[idx], torch.cat([self.forces[k] for k in indices]),
-                          self.stress[idx], self.has_stress[idx], self.n_atoms[idx])
+                          self.stress[idx], self.has_stress[idx], self.n_atoms[idx],
+                          None if self.weights is None else self.weights[idx])
         return self.graphs.batch(indices), targets
 
     def batches(self, batch_size: int, order: Sequence[int] | None = None):

@@ -30,23 +30,38 @@ class LossTerms:
     stress_mse: float
 
 
-def _term(diff: Tensor, cfg: TrainConfig) -> Tensor:
+def _term(diff: Tensor, cfg: TrainConfig, weight: Tensor | None = None) -> Tensor:
+    """Mean squared error or Huber term; with `weight` (one per row of `diff`), the
+    weighted mean sum_i w_i l_i / sum_i w_i over rows (components within a row alike)."""
     if cfg.loss == "huber":
-        return F.huber_loss(diff, torch.zeros_like(diff), delta=cfg.huber_delta)
-    return diff.square().mean()
+        if weight is None:
+            return F.huber_loss(diff, torch.zeros_like(diff), delta=cfg.huber_delta)
+        elementwise = F.huber_loss(diff, torch.zeros_like(diff), delta=cfg.huber_delta,
+                                   reduction="none")
+    else:
+        if weight is None:
+            return diff.square().mean()
+        elementwise = diff.square()
+    rows = elementwise.reshape(len(elementwise), -1).mean(1)
+    return (weight * rows).sum() / weight.sum()
 
 
 def loss(pred: Prediction, ref: Targets, cfg: TrainConfig) -> LossTerms:
     """Weighted sum of the per-atom energy (eV/atom), force (eV/Å per component) and stress
-    (GPa) terms of `cfg`: energy_weight, force_weight, stress_weight."""
+    (GPa) terms of `cfg`: energy_weight, force_weight, stress_weight. Structure weights
+    (`ref.weight`) weight each structure's energy and stress and each of its atoms' forces."""
     dtype = pred.forces.dtype
     de = ((pred.energy - ref.energy) / ref.n_atoms).to(dtype)
     df = pred.forces - ref.forces
-    total = cfg.energy_weight * _term(de, cfg) + cfg.force_weight * _term(df, cfg)
+    w = ref.weight
+    w_atoms = None if w is None else torch.repeat_interleave(w, ref.n_atoms)
+    total = cfg.energy_weight * _term(de, cfg, w) + cfg.force_weight * _term(df, cfg, w_atoms)
     s_mse = torch.zeros((), dtype=dtype, device=total.device)
     if cfg.stress_weight > 0 and pred.stress is not None and bool(ref.has_stress.any()):
         ds = (pred.stress - ref.stress)[ref.has_stress] / GPa
         s_mse = ds.detach().square().mean()
-        total = total + cfg.stress_weight * _term(ds, cfg)
+        w_stress = None if w is None else w[ref.has_stress]
+        if w_stress is None or bool(w_stress.sum() > 0):
+            total = total + cfg.stress_weight * _term(ds, cfg, w_stress)
     return LossTerms(total, float(de.detach().square().mean()),
                      float(df.detach().square().mean()), float(s_mse))
