@@ -220,11 +220,16 @@ def test_interrupted_distillation_resumes_without_relabelling(tmp_path, monkeypa
     result = distill(teacher, seeds_si(2), tmp_path / "d", cfg, teacher_name="tiny")
     assert sum(labelled_counts) == total - 16  # the two finished chunks were kept
     assert result.counts["labelled"] == total
-    # another configuration in the same folder is refused
+    # other training settings for the same student, or other sampling, are refused
     other = DistillConfig(sampling=cfg.sampling, model=STUDENT,
                           train=TrainConfig(epochs=2, dtype="float64"), label_chunk=8)
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(ConfigError, match="another train"):
         distill(teacher, seeds_si(2), tmp_path / "d", other, teacher_name="tiny")
+    resampled = DistillConfig(sampling=SamplingConfig(trajectories_per_seed=0, rattle_copies=3),
+                              model=STUDENT, train=cfg.train, label_chunk=8)
+    with pytest.raises(ConfigError, match="another sampling"):
+        distill(teacher, seeds_si(2), tmp_path / "d", resampled, teacher_name="tiny",
+                student_name="other")
 
 
 def test_sampling_config_refuses_what_cannot_sample():
@@ -283,7 +288,7 @@ def test_distill_command_end_to_end(tmp_path, invoke):
     r = invoke("distill", model, "--structures", seeds, "-o", out, "--config", config,
                "--dft", seeds, "--dft-weight", "2", "--dft-test", dft_test)
     assert r.exit_code == 0, r.output
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "students" / "student" / "report.json").read_text())
     assert report["counts"]["dft_train"] == 2
     assert report["student_vs_teacher"]["n"] == report["counts"]["split"]["test"]
     assert set(report["dft"]) == {"teacher", "student"}
@@ -300,13 +305,31 @@ def test_distill_command_end_to_end(tmp_path, invoke):
     # both run from the same starts: the teacher's hottest snapshots, one per seed structure
     liquid = report["liquid"]
     assert 1 <= liquid["teacher"]["trajectories"] == liquid["student"]["trajectories"] <= 2
-    text = (out / "report.md").read_text()
+    text = (out / "students" / "student" / "report.md").read_text()
     for heading in ("## Data", "## Accuracy", "## Speed", "## Phonons", "## Liquid MD"):
         assert heading in text
     labels = read_structures(out / "teacher_labels.extxyz")
     assert {a.info["teacher"] for a in labels} == {str(model)}
     assert all(a.info["teacher_version"].startswith("sha256:") for a in labels)
-    # a rerun finds everything finished and only reports
+    # a rerun finds everything finished; a second, smaller student shares the teacher labels
     r = invoke("distill", model, "--structures", seeds, "-o", out, "--config", config,
                "--dft", seeds, "--dft-weight", "2", "--dft-test", dft_test, "--no-report")
     assert r.exit_code == 0 and "student:" in r.out
+    small = tmp_path / "small.yaml"
+    small.write_text("model: {cutoff: 3.5, hidden: 8, out_emb: 8, int_emb: 4, basis_emb: 2,\n"
+                     "        num_blocks: 1, num_spherical: 3, num_radial: 3}\n"
+                     "train: {epochs: 2}\n")
+    stamp = (out / "teacher_labels.extxyz").stat().st_mtime_ns
+    r = invoke("distill", model, "--structures", seeds, "-o", out, "--config", config,
+               "--student", small, "--dft-test", dft_test)
+    assert r.exit_code == 0, r.output
+    assert (out / "teacher_labels.extxyz").stat().st_mtime_ns == stamp  # not relabelled
+    table = (out / "report.md").read_text()
+    assert "| student |" in table and "| small |" in table
+    reports = {name: json.loads((out / "students" / name / "report.json").read_text())
+               for name in ("student", "small")}
+    assert reports["small"]["student_parameters"] < reports["student"]["student_parameters"]
+    # the same student name with other settings is refused, naming what changed
+    r = invoke("distill", model, "--structures", seeds, "-o", out, "--config", config,
+               "--name", "small", "--no-report")
+    assert r.exit_code == 2 and "another model" in r.err

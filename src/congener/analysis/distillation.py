@@ -125,7 +125,9 @@ def compare_models(teacher: Potential, student: Potential, *, held_out: Sequence
         if progress:
             progress(stage)
 
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
     say("accuracy")
     report["student_vs_teacher"] = metrics(evaluate(student, held_out))
     if dft_test:
@@ -182,12 +184,15 @@ def _phonons(teacher: Potential, student: Potential, elements: Sequence[str]
 
 def format_report(report: dict[str, Any], *, teacher: str, counts: dict[str, Any]) -> str:
     """Markdown summary of `compare_models` and the sampling counts."""
-    lines = [f"# Distillation of {teacher}", ""]
+    lines = [f"# Distillation of {teacher}", "",
+             f"Student {report['student_parameters']:,} parameters, teacher "
+             f"{report['teacher_parameters']:,}.", ""]
     if counts:
+        ladder = ", ".join(f"{t:.0f}" for t in counts["temperatures_K"])
         lines += ["## Data", "",
-                  f"- teacher MD at {', '.join(f'{t:.0f}' for t in counts['temperatures_K'])} K:"
-                  f" {counts['md_frames']} snapshots; {counts['md_failed_trajectories']} of "
-                  f"{counts['md_trajectories']} trajectories unstable and dropped",
+                  (f"- teacher MD at {ladder} K: {counts['md_frames']} snapshots; "
+                   f"{counts['md_failed_trajectories']} of {counts['md_trajectories']} "
+                   "trajectories unstable and dropped") if ladder else "- no teacher MD",
                   f"- rattled {counts['rattled']}, strained {counts['strained']}; "
                   f"{counts['duplicates_removed']} near-duplicates removed; "
                   f"{counts['labelled']} labelled ({counts['teacher_failures']} with non-finite "
@@ -265,3 +270,29 @@ def hottest_frames(folder: Any, n_seeds: int) -> list[Atoms]:
                 last[int(atoms.info.get("seed_structure", 0))] = atoms
         return [last[k] for k in sorted(last) if k < n_seeds]
     return []
+
+
+def format_tradeoff(folder: Any, *, teacher: str) -> str:
+    """Markdown table of every reported student of a distillation folder: accuracy (against
+    the teacher's held-out labels and DFT) beside speed-up, one row per student."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for path in sorted(Path(folder).glob("students/*/report.json")):
+        r = json.loads(path.read_text())
+        dft = r.get("dft", {})
+        params = r.get("student_parameters")
+        rows.append(
+            f"| {path.parent.name} | {params if params is not None else '-'} | "
+            f"{r['student_vs_teacher']['force_mae']:.4f} | "
+            + (f"{dft['student']['energy_mae']:.2f} / {dft['student']['force_mae']:.4f} | "
+               f"{dft['teacher']['energy_mae']:.2f} / {dft['teacher']['force_mae']:.4f} | "
+               if dft else "- | - | ")
+            + f"{r['speed']['speedup_energy_forces']:.1f}x | {r['speed']['speedup_md_single']:.1f}x"
+            f" | {r['speed']['speedup_md_batched']:.1f}x |")
+    head = [f"# Students of {teacher}: accuracy against speed", "",
+            "| student | parameters | F MAE vs teacher (eV/Å) | student vs DFT, E (meV/atom) / "
+            "F (eV/Å) | teacher vs DFT | E+F speed-up | MD speed-up (1 traj.) | MD speed-up "
+            "(batch) |", "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + rows) + "\n"

@@ -28,11 +28,14 @@ from congener.errors import ConfigError
               help="Loss weight of each --dft structure relative to a teacher label [1].")
 @click.option("--dft-test", "dft_test_file", default=None,
               help="DFT test structures: the report gives teacher and student errors on them.")
+@click.option("--name", "student_name", default=None,
+              help="Student name: its folder under OUTPUT/students [the --student file's "
+                   "name, else 'student']. Students of one folder share the teacher labels.")
 @click.option("--no-report", is_flag=True, help="Stop after training the student.")
 @click.option("--threads", type=int, default=None, help="Torch threads [all cores].")
 @label_key_options
 def distill_command(teacher, seed_file, folder, config_file, student_file, dft_file,
-                    dft_weight, dft_test_file, no_report, threads, keys=None):
+                    dft_weight, dft_test_file, student_name, no_report, threads, keys=None):
     """Distil TEACHER (a congener checkpoint or a foundation model such as sevennet:7net-0)
     into a fast student: sample with the teacher (MD over a temperature ladder, rattled and
     strained copies), label, train, and compare the two (accuracy, speed, phonons, liquid
@@ -80,8 +83,9 @@ def distill_command(teacher, seed_file, folder, config_file, student_file, dft_f
         bar.n = done
         bar.refresh()
 
+    name = student_name or (Path(student_file).stem if student_file else "student")
     result = distill(potential, seeds, folder, cfg, teacher_name=teacher, dft=dft,
-                     progress=progress)
+                     student_name=name, progress=progress)
     for bar in bars.values():
         bar.close()
     c = result.counts
@@ -98,6 +102,7 @@ def _report(result, teacher, teacher_name, dft_test, report_cfg, seeds) -> None:
     from congener.analysis.distillation import (
         compare_models,
         format_report,
+        format_tradeoff,
         hottest_frames,
         speed_structure,
     )
@@ -114,7 +119,11 @@ def _report(result, teacher, teacher_name, dft_test, report_cfg, seeds) -> None:
         liquid_starts=hottest_frames(result.folder, len(seeds)),
         elements=elements_of(seeds), cfg=report_cfg,
         progress=lambda stage: click.echo(f"report: {stage}", err=True))
-    write_json(Path(result.folder) / "report.json", {"counts": result.counts, **report})
+    student_dir = Path(result.student).parent
+    write_json(student_dir / "report.json", {"counts": result.counts, **report})
     text = format_report(report, teacher=teacher_name, counts=result.counts)
-    write_text(Path(result.folder) / "report.md", text)
+    write_text(student_dir / "report.md", text)
     click.echo(text)
+    summary = format_tradeoff(Path(result.folder), teacher=teacher_name)
+    write_text(Path(result.folder) / "report.md", summary)
+    click.echo(summary)

@@ -11,10 +11,13 @@ leaving its result in the output folder so that a rerun skips what is finished:
     labels/part-<k>.extxyz       teacher labels, chunk by chunk
     teacher_labels.extxyz        energies, forces, stresses; teacher name and version per frame
     split.json                   held-out teacher labels: train / validation / test indices
-    student/                     the student's training run (training.trainer.fit; resumable)
+    students/<name>/             each student's training run (training.trainer.fit; resumable)
 
-The student is validated on teacher labels it does not train on; DFT structures can be mixed
-into its training set with a weight per structure (`dft_weight`).
+The teacher's samples and labels are shared by every student of the folder (a smaller
+DimeNet++ beside the default one costs only its training): the folder's settings.json fixes
+the teacher, seeds, sampling and split; each student's settings.json its architecture,
+training and DFT mix. A student is validated on teacher labels it does not train on; DFT
+structures can be mixed into its training set with a weight per structure (`dft_weight`).
 """
 
 from __future__ import annotations
@@ -165,7 +168,7 @@ def _default_train() -> dict[str, Any]:
 
 @dataclass
 class DistillResult:
-    """Paths and counts of a finished distillation."""
+    """Paths and counts of a finished distillation (`student`: the student's model.pt)."""
 
     folder: Path
     labels: Path
@@ -248,12 +251,15 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int
 
 def distill(teacher: Potential, seeds: Sequence[Atoms], folder: str | Path,
             cfg: DistillConfig, *, teacher_name: str, dft: Sequence[Atoms] | None = None,
-            progress: Progress | None = None,
+            student_name: str = "student", progress: Progress | None = None,
             md_callback: Callable[[int, Any], None] | None = None) -> DistillResult:
-    """Sample, label with `teacher`, and train the student (see the module doc). Reruns on
-    the same folder resume; a folder holding another distillation is refused."""
+    """Sample, label with `teacher`, and train the student `student_name` (see the module
+    doc). Reruns resume; a folder (or student) holding other settings is refused."""
     if not seeds:
         raise DataError("no seed structures")
+    if not student_name or not all(c.isalnum() or c in "-_." for c in student_name) \
+            or student_name.startswith("."):
+        raise ConfigError(f"student name {student_name!r}: use letters, digits, - _ and .")
     validate(seeds, where="seed structures", labelled=False)
     elements = sorted({s for a in seeds for s in a.get_chemical_symbols()})
     unknown = sorted(set(elements) - set(teacher.elements))
@@ -263,7 +269,9 @@ def distill(teacher: Potential, seeds: Sequence[Atoms], folder: str | Path,
                         "elements)")
     folder = output_folder(folder)
     with folder_lock(folder, f"distillation folder {folder}"):
-        _check_settings(folder, cfg, seeds, teacher_name, dft)
+        _check_settings(folder, _folder_settings(cfg, seeds, teacher_name))
+        student_dir = output_folder(folder / "students" / student_name)
+        _check_settings(student_dir, _student_settings(cfg, dft))
         counts = _sample(teacher, seeds, folder, cfg, elements, progress, md_callback)
         identity = teacher_identity(teacher, teacher_name)
         labels = _label_all(teacher, folder, cfg, identity, progress)
@@ -274,29 +282,46 @@ def distill(teacher: Potential, seeds: Sequence[Atoms], folder: str | Path,
                               cfg.sampling.seed)
         write_json(folder / "split.json", split)
         counts["split"] = {k: len(v) for k, v in split.items()}
-        counts["dft_train"] = len(dft or [])
         write_json(folder / "counts.json", counts)
-        student = _train_student(labels, split, folder, cfg, elements, dft, teacher_name,
+        student = _train_student(labels, split, student_dir, cfg, elements, dft, teacher_name,
                                  progress)
+    counts = {**counts, "dft_train": len(dft or [])}
     return DistillResult(folder, folder / "teacher_labels.extxyz", student, counts, split)
 
 
-def _check_settings(folder: Path, cfg: DistillConfig, seeds: Sequence[Atoms],
-                    teacher_name: str, dft: Sequence[Atoms] | None) -> None:
-    """Record what this folder distils; refuse a rerun that asks for something else."""
+def _structures_hash(structures: Sequence[Atoms]) -> str:
     digest = hashlib.sha256()
-    for atoms in [*seeds, *(dft or [])]:
+    for atoms in structures:
         for array in (atoms.numbers, atoms.positions, atoms.cell.array):
             digest.update(np.ascontiguousarray(array).tobytes())
-    settings = {"teacher": str(teacher_name), "config": _jsonable(asdict(cfg)),
-                "structures": digest.hexdigest()[:16]}
+        if atoms.calc is not None and "energy" in atoms.calc.results:
+            digest.update(np.float64(atoms.calc.results["energy"]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _folder_settings(cfg: DistillConfig, seeds: Sequence[Atoms], teacher_name: str
+                     ) -> dict[str, Any]:
+    """What the shared samples, labels and split depend on."""
+    return {"teacher": str(teacher_name), "sampling": _jsonable(asdict(cfg.sampling)),
+            "split": [cfg.val_fraction, cfg.test_fraction], "seeds": _structures_hash(seeds)}
+
+
+def _student_settings(cfg: DistillConfig, dft: Sequence[Atoms] | None) -> dict[str, Any]:
+    """What one student depends on beyond the folder's labels."""
+    return {"model": _jsonable(asdict(cfg.model)), "train": _jsonable(asdict(cfg.train)),
+            "dft": _structures_hash(dft or []), "dft_weight": cfg.dft_weight if dft else None}
+
+
+def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """Record what a folder holds; refuse a rerun that asks for something else."""
     path = folder / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             raise ConfigError(f"{folder} holds a distillation with another {changed[0]}; "
-                              "use a new -o folder (or delete this one)")
+                              "use a new -o folder (another --name for another student), "
+                              "or delete this one")
         return
     write_json(path, settings)
 
@@ -410,15 +435,15 @@ def _label_all(teacher: Potential, folder: Path, cfg: DistillConfig,
     return read_structures(final)
 
 
-def _train_student(labels: list[Atoms], split: dict[str, list[int]], folder: Path,
+def _train_student(labels: list[Atoms], split: dict[str, list[int]], run_dir: Path,
                    cfg: DistillConfig, elements: list[str], dft: Sequence[Atoms] | None,
                    teacher_name: str, progress: Progress | None) -> Path:
     from congener.models.checkpoint import build_potential
     from congener.training.data import LabelledSet
     from congener.training.trainer import fit
 
-    model_path = folder / "student" / "model.pt"
-    if model_path.is_file() and (folder / "student" / "result.json").is_file():
+    model_path = run_dir / "model.pt"
+    if model_path.is_file() and (run_dir / "result.json").is_file():
         return model_path
     train = [labels[k] for k in split["train"]]
     val = [labels[k] for k in split["val"]]
@@ -436,11 +461,11 @@ def _train_student(labels: list[Atoms], split: dict[str, list[int]], folder: Pat
         if progress:
             progress("student training", row["epoch"] + 1, train_cfg.epochs)
 
-    result = fit(student, tset, vset, train_cfg, run_dir=folder / "student",
+    result = fit(student, tset, vset, train_cfg, run_dir=run_dir,
                  metadata={"mode": "distilled", "teacher": str(teacher_name),
                            "dft_structures": len(dft or []), "dft_weight": cfg.dft_weight},
                  callback=callback)
-    write_json(folder / "student" / "result.json",
+    write_json(run_dir / "result.json",
                {"best_epoch": result.best_epoch, "best_val": result.best_val,
                 "seconds": result.seconds})
     return model_path
