@@ -333,3 +333,54 @@ def test_distill_command_end_to_end(tmp_path, invoke):
     r = invoke("distill", model, "--structures", seeds, "-o", out, "--config", config,
                "--name", "small", "--no-report")
     assert r.exit_code == 2 and "another model" in r.err
+
+
+def test_study_distill_stage_picks_the_teacher_on_validation(tmp_path):
+    """A study's distill stage: the teacher is the arm's run with the lowest validation loss
+    at the size, its training structures seed the sampling, the report gains the table."""
+    from congener.studies.config import study_config
+    from congener.studies.distill_stage import teacher_run
+    from congener.studies.learning_curve import plan_runs, run_study
+    from tests.test_training import sw_labelled
+
+    ge = sw_labelled(10, seed=50, element="Ge", a=5.65)
+    write_structures(tmp_path / "ge.extxyz", ge)
+    values = {
+        "name": "d", "sizes": [2], "seeds": [0, 1], "modes": ["scratch"],
+        "target": {"data": str(tmp_path / "ge.extxyz"), "test_size": 3, "val_size": 2},
+        "model": {"cutoff": 4.0, "hidden": 8, "out_emb": 8, "int_emb": 4, "num_blocks": 1,
+                  "num_spherical": 3, "num_radial": 3},
+        "train": {"batch_size": 2},
+        "budget": {"updates": 2, "min_epochs": 1, "max_epochs": 2, "validations": 2},
+        "temperature": None, "phonons": None, "md": None, "workers": 1,
+        "distill": {"arms": ["scratch"], "size": 2,
+                    "sampling": {"trajectories_per_seed": 0, "rattle_copies": 2,
+                                 "strain_copies": 2},
+                    "students": {"tiny": {
+                        "model": {"cutoff": 3.5, "hidden": 8, "out_emb": 8, "int_emb": 4,
+                                  "num_blocks": 1, "num_spherical": 3, "num_radial": 3},
+                        "train": {"epochs": 2}}},
+                    "report": {"speed_repeats": 1, "md_speed_steps": 2, "md_batch": 2,
+                               "structure_md_steps": 0, "phonons": False}},
+    }
+    report = run_study(study_config(values), tmp_path / "s")
+    pool = read_structures(tmp_path / "s" / "data" / "target_pool.extxyz")
+    results = [(spec, json.loads((tmp_path / "s" / "runs" / spec.name / "metrics.json")
+                                 .read_text()))
+               for spec in plan_runs(study_config(values), pool)]
+    chosen = teacher_run("scratch", 2, results)
+    losses = {spec.name: res["val"]["val_loss"] for spec, res in results}
+    assert losses[chosen.name] == min(losses.values())
+    folder = tmp_path / "s" / "distill" / "scratch"
+    labels = read_structures(folder / "teacher_labels.extxyz")
+    assert {a.info["teacher"] for a in labels} == {
+        str(tmp_path / "s" / "runs" / chosen.name / "model.pt")}
+    sampled = read_structures(folder / "snapshots.extxyz", labelled=False)
+    assert len(sampled) == 2 * (2 * 3 + 2)  # 2 seeds x (3 sigmas x 2 copies + 2 strained)
+    text = report.read_text()
+    assert "## Distillation" in text and "| tiny |" in text
+    # a stage naming an arm the study lacks is refused before anything runs
+    bad = {**values, "distill": {"arms": ["nope"], "size": 2}}
+    with pytest.raises(ConfigError, match="no arm 'nope'"):
+        run_study(study_config(bad), tmp_path / "s2")
+    assert not (tmp_path / "s2" / "data").exists()

@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,9 +254,6 @@ def speed_structure(seeds: Sequence[Atoms]) -> Atoms:
 def hottest_frames(folder: Any, n_seeds: int) -> list[Atoms]:
     """The last snapshot of each seed structure at the highest sampled MD temperature of a
     distillation folder (3D-periodic ones): liquid starts for the structure comparison."""
-    import json
-    from pathlib import Path
-
     import ase.io
 
     samples = Path(folder) / "samples"
@@ -275,8 +274,6 @@ def hottest_frames(folder: Any, n_seeds: int) -> list[Atoms]:
 def format_tradeoff(folder: Any, *, teacher: str) -> str:
     """Markdown table of every reported student of a distillation folder: accuracy (against
     the teacher's held-out labels and DFT) beside speed-up, one row per student."""
-    import json
-    from pathlib import Path
 
     rows = []
     for path in sorted(Path(folder).glob("students/*/report.json")):
@@ -296,3 +293,31 @@ def format_tradeoff(folder: Any, *, teacher: str) -> str:
             "F (eV/Å) | teacher vs DFT | E+F speed-up | MD speed-up (1 traj.) | MD speed-up "
             "(batch) |", "|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + rows) + "\n"
+
+
+def report_student(result: Any, teacher: Potential, *, teacher_name: str,
+                   seeds: Sequence[Atoms], dft_test: Sequence[Atoms] | None,
+                   cfg: ReportConfig, progress: Callable[[str], None] | None = None) -> str:
+    """Compare the student of a `training.distill.DistillResult` with its teacher, write
+    students/<name>/report.json and report.md and the folder's trade-off table (report.md);
+    returns the student's Markdown report. A student already reported is read back."""
+    from congener.data.structures import elements_of, read_structures
+    from congener.files import write_json, write_text
+    from congener.models.checkpoint import load_potential
+
+    student_dir = Path(result.student).parent
+    if (student_dir / "report.json").is_file() and (student_dir / "report.md").is_file():
+        return (student_dir / "report.md").read_text()
+    student = load_potential(result.student)
+    labels = read_structures(result.labels)
+    report = compare_models(
+        teacher, student, held_out=[labels[k] for k in result.split["test"]],
+        dft_test=dft_test, speed_structure=speed_structure(seeds),
+        liquid_starts=hottest_frames(result.folder, len(seeds)),
+        elements=elements_of(seeds), cfg=cfg, progress=progress)
+    text = format_report(report, teacher=teacher_name, counts=result.counts)
+    write_text(student_dir / "report.md", text)
+    write_json(student_dir / "report.json", {"counts": result.counts, **report})
+    write_text(Path(result.folder) / "report.md",
+               format_tradeoff(result.folder, teacher=teacher_name))
+    return text

@@ -99,31 +99,10 @@ def distill_command(teacher, seed_file, folder, config_file, student_file, dft_f
 
 
 def _report(result, teacher, teacher_name, dft_test, report_cfg, seeds) -> None:
-    from congener.analysis.distillation import (
-        compare_models,
-        format_report,
-        format_tradeoff,
-        hottest_frames,
-        speed_structure,
-    )
-    from congener.data.structures import elements_of, read_structures
-    from congener.files import write_json, write_text
-    from congener.models.checkpoint import load_potential
+    from congener.analysis.distillation import report_student
 
-    student = load_potential(result.student)
-    labels = read_structures(result.labels)
-    held_out = [labels[k] for k in result.split["test"]]
-    report = compare_models(
-        teacher, student, held_out=held_out, dft_test=dft_test,
-        speed_structure=speed_structure(seeds),
-        liquid_starts=hottest_frames(result.folder, len(seeds)),
-        elements=elements_of(seeds), cfg=report_cfg,
-        progress=lambda stage: click.echo(f"report: {stage}", err=True))
-    student_dir = Path(result.student).parent
-    write_json(student_dir / "report.json", {"counts": result.counts, **report})
-    text = format_report(report, teacher=teacher_name, counts=result.counts)
-    write_text(student_dir / "report.md", text)
+    text = report_student(result, teacher, teacher_name=teacher_name, seeds=seeds,
+                          dft_test=dft_test, cfg=report_cfg,
+                          progress=lambda stage: click.echo(f"report: {stage}", err=True))
     click.echo(text)
-    summary = format_tradeoff(Path(result.folder), teacher=teacher_name)
-    write_text(Path(result.folder) / "report.md", summary)
-    click.echo(summary)
+    click.echo((Path(result.folder) / "report.md").read_text())

@@ -24,6 +24,7 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     hpo: {size: 10, lr: [0.001, 0.003], decay: [0.1, 0.01]}  # per-mode search (optional)
     phonons: {runs: temperature, size: 1, reference: sw}  # DOS stage (null: off)
     md: {sizes: [10], trajectories: 2, temperature_K: 1200, timestep_fs: 0.5, steps: 400}
+    distill: {arms: [sevennet-ft], size: 10, students: {default: {}}}  # studies.distill_stage
     workers: 2
 
 Data specifications: `sw:<El>` generates Stillinger-Weber data (quick preset, overridable
@@ -44,6 +45,7 @@ from congener.models.dimenet import MAX_Z, DimeNetConfig
 from congener.simulation.md import MAX_TEMPERATURE_K
 from congener.simulation.md import check_settings as check_md_settings
 from congener.studies.arms import Arm, arm_from_dict, builtin, check_arms
+from congener.studies.distill_stage import DistillStage
 from congener.training.config import TrainConfig, from_dict, read_mapping
 
 
@@ -249,6 +251,7 @@ class StudyConfig:
     hpo: HPOSpec | None = None
     phonons: PhononStage | None = field(default_factory=PhononStage)
     md: MDStage | None = field(default_factory=MDStage)
+    distill: DistillStage | None = None
     workers: int = 2
     arms: tuple[Arm, ...] = ()  # when given, the study's arms (`modes` is then unused)
 
@@ -260,7 +263,8 @@ class StudyConfig:
         for key, kind in (("target", TargetSpec), ("source", SourceSpec), ("budget", Budget),
                           ("model", DimeNetConfig), ("train", TrainConfig),
                           ("source_train", TrainConfig), ("temperature", TemperatureSpec),
-                          ("hpo", HPOSpec), ("phonons", PhononStage), ("md", MDStage)):
+                          ("hpo", HPOSpec), ("phonons", PhononStage), ("md", MDStage),
+                          ("distill", DistillStage)):
             value = getattr(self, key)
             if not (isinstance(value, kind) or (value is None and key in _OPTIONAL)):
                 raise ConfigError(f"{key} must be a mapping of {kind.__name__} fields "
@@ -318,7 +322,7 @@ class StudyConfig:
 
 
 RUN_KINDS = ("curve", "temperature", "hpo")  # RunSpec.kind
-_OPTIONAL = ("temperature", "hpo", "phonons", "md")
+_OPTIONAL = ("temperature", "hpo", "phonons", "md", "distill")
 
 
 def _check_text(name: str, value: Any, *, optional: bool = False) -> None:
@@ -362,7 +366,7 @@ def _check_mapping(mapping: Any) -> None:
 _SECTIONS = {"target": TargetSpec, "source": SourceSpec, "budget": Budget,
              "model": DimeNetConfig, "train": TrainConfig, "source_train": TrainConfig,
              "temperature": TemperatureSpec, "hpo": HPOSpec, "phonons": PhononStage,
-             "md": MDStage}
+             "md": MDStage, "distill": DistillStage}
 
 
 def study_config(values: dict[str, Any] | None = None) -> StudyConfig:
@@ -376,7 +380,7 @@ def study_config(values: dict[str, Any] | None = None) -> StudyConfig:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key in _SECTIONS:
-            if value is None and key in ("temperature", "hpo", "phonons", "md"):
+            if value is None and key in _OPTIONAL:
                 kwargs[key] = None
                 continue
             if not isinstance(value, dict):

@@ -295,7 +295,9 @@ def _report_only(cfg: StudyConfig, study_dir: Path) -> tuple[Path, int]:
 
 def _stages(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict[str, Any]]],
             log: Callable[[str], None] | None = None, cached_only: bool = False) -> list[str]:
-    """The report sections of the phonon and MD stages (from their caches with `cached_only`)."""
+    """The report sections of the phonon, MD and distillation stages (from their caches with
+    `cached_only`)."""
+    from congener.studies.distill_stage import distill_stage
     from congener.studies.validation import md_stage, phonon_stage
 
     sections = []
@@ -303,6 +305,8 @@ def _stages(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, 
         sections.append(phonon_stage(cfg, study_dir, results, log, cached_only))
     if cfg.md is not None:
         sections.append(md_stage(cfg, study_dir, results, log, cached_only))
+    if cfg.distill is not None:
+        sections.append(distill_stage(cfg.distill, study_dir, results, log, cached_only))
     return [s for s in sections if s]
 
 

@@ -154,6 +154,10 @@ def preflight(cfg: StudyConfig, study_dir: str | Path) -> None:
         _check_train_settings(cfg, arm)
         if arm.outside_start:
             _check_outside(arm, target)
+    if cfg.distill is not None:
+        from congener.studies.distill_stage import check_stage
+
+        check_stage(cfg.distill, cfg.arm_names(), cfg.sizes)
 
 
 def _check_train_settings(cfg: StudyConfig, arm) -> None:
