@@ -384,3 +384,19 @@ def test_study_distill_stage_picks_the_teacher_on_validation(tmp_path):
     with pytest.raises(ConfigError, match="no arm 'nope'"):
         run_study(study_config(bad), tmp_path / "s2")
     assert not (tmp_path / "s2" / "data").exists()
+
+
+def test_shipped_distillation_configs_load():
+    """examples/distill: the --config and --student files are valid distillation settings."""
+    from pathlib import Path
+
+    from congener.analysis.distillation import ReportConfig
+    from congener.training.config import from_dict, read_mapping
+
+    root = Path(__file__).parents[1] / "examples" / "distill"
+    raw = read_mapping(root / "ge.yaml")
+    from_dict(ReportConfig, raw.pop("report"), "report")
+    base = DistillConfig.from_dict(raw)
+    assert base.sampling.temperatures(["Ge"])[-1] == pytest.approx(2 * 1211.4)
+    small = DistillConfig.from_dict({**raw, **read_mapping(root / "student_small.yaml")})
+    assert small.model.hidden < base.model.hidden and small.sampling == base.sampling

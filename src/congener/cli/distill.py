@@ -83,10 +83,22 @@ def distill_command(teacher, seed_file, folder, config_file, student_file, dft_f
         bar.n = done
         bar.refresh()
 
+    md_bar: list[tqdm] = []
+
+    def md_step(step: int, state) -> None:  # the steps of one temperature's MD
+        if not md_bar or step < md_bar[0].n:
+            for old in md_bar:
+                old.close()
+            md_bar[:] = [tqdm(total=cfg.sampling.md_steps, desc="  MD steps", leave=False,
+                              dynamic_ncols=True)]
+        if step % 5 == 0 or step == cfg.sampling.md_steps:
+            md_bar[0].n = step
+            md_bar[0].refresh()
+
     name = student_name or (Path(student_file).stem if student_file else "student")
     result = distill(potential, seeds, folder, cfg, teacher_name=teacher, dft=dft,
-                     student_name=name, progress=progress)
-    for bar in bars.values():
+                     student_name=name, progress=progress, md_callback=md_step)
+    for bar in [*bars.values(), *md_bar]:
         bar.close()
     c = result.counts
     click.echo(f"{c['snapshots']} snapshots ({c['md_frames']} MD, {c['rattled']} rattled, "
