@@ -17,9 +17,9 @@ import platform
 import ase.build
 import torch
 
-from congener.simulation.md import run_md
 from congener.models.checkpoint import build_potential
 from congener.models.dimenet import DimeNetConfig
+from congener.simulation.md import run_md
 
 
 def _structure(seed: int) -> ase.Atoms:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
     cutoff = potential.cutoff
     tset, vset = LabelledSet(train, cutoff, name="training set"), LabelledSet(val, cutoff,
                                                                               name="validation set")
-    with tqdm(total=cfg.epochs, unit="epoch", dynamic_ncols=True) as bar:
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
+    with tqdm(total=cfg.epochs, unit="epoch", dynamic_ncols=True, disable=not main) as bar:
         def progress(row):
             bar.n = row["epoch"] + 1
             bar.set_postfix(loss=f"{row['train_loss']:.3g}", val_E=f"{row['val_energy_mae']:.1f}",
@@ -111,6 +113,8 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
             bar.refresh()
         result = fit(potential, tset, vset, cfg, run_dir=run_dir, lr_scales=lr_scales,
                      metadata=meta, callback=progress)
+    if not main:
+        return
     click.echo(f"best epoch {result.best_epoch}: validation energy MAE "
                f"{result.best_val.get('val_energy_mae', float('nan')):.2f} meV/atom, force MAE "
                f"{result.best_val.get('val_force_mae', float('nan')):.4f} eV/Å; "

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from congener.cli import cli, parse_list
+from congener.studies.executors import Engine
 
 
 @cli.command("study")
@@ -18,10 +19,12 @@ from congener.cli import cli, parse_list
 @click.option("--workers", type=int, default=None, help="Parallel training processes.")
 @click.option("--sizes", default=None, help="Override training sizes, e.g. 1,10,50.")
 @click.option("--seeds", default=None, help="Override seeds, e.g. 0,1,2,3,4.")
+@click.option("--executor", type=click.Choice([str(e) for e in Engine]), default=None,
+              help="Where runs execute (overrides the config's executor.kind).")
 @click.option("--report-only", is_flag=True,
               help="Write the report from the runs finished so far; train nothing.")
 def study_command(config: str | None, study_dir: str, workers: int | None, sizes: str | None,
-                  seeds: str | None, report_only: bool) -> None:
+                  seeds: str | None, executor: str | None, report_only: bool) -> None:
     """Learning-curve study: transfer against scratch over training sizes and seeds.
 
     Without CONFIG, runs the built-in demonstration: Stillinger-Weber Si and Ge data
@@ -37,6 +40,8 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
     overrides = {"workers": workers, "sizes": parse_list(sizes, int, "--sizes"),
                  "seeds": parse_list(seeds, int, "--seeds")}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if executor is not None:
+        cfg = replace(cfg, executor=replace(cfg.executor, kind=Engine(executor)))
     if report_only:
         from congener.studies.learning_curve import report_only as write_partial
 

@@ -26,6 +26,9 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     md: {sizes: [10], trajectories: 2, temperature_K: 1200, timestep_fs: 0.5, steps: 400}
     distill: {arms: [sevennet-ft], size: 10, students: {default: {}}}  # studies.distill_stage
     workers: 2
+    executor: {kind: slurm, partition: cpu, time_min: 120, cpus_per_task: 4}
+                                  # where runs execute: local (default), slurm, ray
+                                  # (studies.executors); not a fixed setting
 
 Data specifications: `sw:<El>` generates Stillinger-Weber data (quick preset, overridable
 with `sw:<El>:paper`), `mlearn:<folder>` reads Zuo et al. training.json/test.json without
@@ -46,6 +49,7 @@ from congener.simulation.md import MAX_TEMPERATURE_K
 from congener.simulation.md import check_settings as check_md_settings
 from congener.studies.arms import Arm, arm_from_dict, builtin, check_arms
 from congener.studies.distill_stage import DistillStage
+from congener.studies.executors import ExecutorSpec
 from congener.training.config import TrainConfig, from_dict, read_mapping
 
 
@@ -254,6 +258,7 @@ class StudyConfig:
     distill: DistillStage | None = None
     workers: int = 2
     arms: tuple[Arm, ...] = ()  # when given, the study's arms (`modes` is then unused)
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
 
     def __post_init__(self) -> None:
         _check_text("name", self.name)
@@ -264,7 +269,7 @@ class StudyConfig:
                           ("model", DimeNetConfig), ("train", TrainConfig),
                           ("source_train", TrainConfig), ("temperature", TemperatureSpec),
                           ("hpo", HPOSpec), ("phonons", PhononStage), ("md", MDStage),
-                          ("distill", DistillStage)):
+                          ("distill", DistillStage), ("executor", ExecutorSpec)):
             value = getattr(self, key)
             if not (isinstance(value, kind) or (value is None and key in _OPTIONAL)):
                 raise ConfigError(f"{key} must be a mapping of {kind.__name__} fields "
@@ -366,7 +371,7 @@ def _check_mapping(mapping: Any) -> None:
 _SECTIONS = {"target": TargetSpec, "source": SourceSpec, "budget": Budget,
              "model": DimeNetConfig, "train": TrainConfig, "source_train": TrainConfig,
              "temperature": TemperatureSpec, "hpo": HPOSpec, "phonons": PhononStage,
-             "md": MDStage, "distill": DistillStage}
+             "md": MDStage, "distill": DistillStage, "executor": ExecutorSpec}
 
 
 def study_config(values: dict[str, Any] | None = None) -> StudyConfig:

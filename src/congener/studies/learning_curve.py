@@ -33,6 +33,7 @@ from congener.files import folder_lock, write_json
 from congener.parallel import worker_pool
 from congener.runtime import available_cores
 from congener.studies.config import RunSpec, StudyConfig, config_from_dict
+from congener.studies.executors import Engine, run_on_engine
 from congener.studies.preflight import preflight
 from congener.studies.ranking import measure_speeds
 from congener.studies.sources import load_spec
@@ -193,7 +194,8 @@ def best_settings(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> Choices:
 
 def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
             on_done: RunDone | None = None) -> list[tuple[RunSpec, dict[str, Any]]]:
-    """Run `specs` (finished ones are read back), in parallel over `cfg.workers` processes."""
+    """Run `specs` (finished ones are read back), in parallel over `cfg.workers` processes or
+    on the engine of `cfg.executor` (Slurm, Ray: `congener.studies.executors`)."""
     from congener.studies.run import run_one
 
     results, pending = [], []
@@ -215,6 +217,9 @@ def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
         else:
             pending.append(spec)
     cfg_dict = cfg.as_dict()
+    if cfg.executor.kind != Engine.local and pending:
+        run_on_engine(cfg.executor, study_dir, cfg_dict, pending, done)
+        return results
     if cfg.workers == 1 or len(pending) <= 1:
         for spec in pending:
             try:
@@ -355,7 +360,9 @@ def _run_locked(cfg: StudyConfig, study_dir: Path, log: Callable[[str], None] | 
         say("chosen: " + ", ".join(f"{m} lr {lr:g}" + (f" decay {d:g}" if d else "")
                                    for m, (lr, d) in choices.items()))
     specs = plan_runs(cfg, pool, choices)
-    say(f"{len(specs)} runs ({cfg.workers} worker{'s' * (cfg.workers > 1)})")
+    where = (f"{cfg.workers} worker{'s' * (cfg.workers > 1)}" if cfg.executor.kind == Engine.local
+             else f"on {cfg.executor.kind}")
+    say(f"{len(specs)} runs ({where})")
     if on_start:
         on_start("runs", len(specs))
     results = execute(cfg, study_dir, specs, on_done=on_done)

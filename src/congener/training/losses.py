@@ -46,22 +46,27 @@ def _term(diff: Tensor, cfg: TrainConfig, weight: Tensor | None = None) -> Tenso
     return (weight * rows).sum() / weight.sum()
 
 
-def loss(pred: Prediction, ref: Targets, cfg: TrainConfig) -> LossTerms:
+def loss(pred: Prediction, ref: Targets, cfg: TrainConfig,
+         shares: tuple[float, float, float] | None = None) -> LossTerms:
     """Weighted sum of the per-atom energy (eV/atom), force (eV/Å per component) and stress
     (GPa) terms of `cfg`: energy_weight, force_weight, stress_weight. Structure weights
-    (`ref.weight`) weight each structure's energy and stress and each of its atoms' forces."""
+    (`ref.weight`) weight each structure's energy and stress and each of its atoms' forces.
+    `shares` (energy, force, stress) multiply the three terms: a data-parallel rank scales
+    the means over its part of a batch to the batch's (`training.distributed.shares`)."""
+    se, sf, ss = shares or (1.0, 1.0, 1.0)
     dtype = pred.forces.dtype
     de = ((pred.energy - ref.energy) / ref.n_atoms).to(dtype)
     df = pred.forces - ref.forces
     w = ref.weight
     w_atoms = None if w is None else torch.repeat_interleave(w, ref.n_atoms)
-    total = cfg.energy_weight * _term(de, cfg, w) + cfg.force_weight * _term(df, cfg, w_atoms)
+    total = (cfg.energy_weight * se * _term(de, cfg, w)
+             + cfg.force_weight * sf * _term(df, cfg, w_atoms))
     s_mse = torch.zeros((), dtype=dtype, device=total.device)
     if cfg.stress_weight > 0 and pred.stress is not None and bool(ref.has_stress.any()):
         ds = (pred.stress - ref.stress)[ref.has_stress] / GPa
         s_mse = ds.detach().square().mean()
         w_stress = None if w is None else w[ref.has_stress]
         if w_stress is None or bool(w_stress.sum() > 0):
-            total = total + cfg.stress_weight * _term(ds, cfg, w_stress)
+            total = total + cfg.stress_weight * ss * _term(ds, cfg, w_stress)
     return LossTerms(total, float(de.detach().square().mean()),
                      float(df.detach().square().mean()), float(s_mse))

@@ -24,6 +24,7 @@ from congener.files import folder_lock
 from congener.models.checkpoint import save_atomic, save_potential
 from congener.models.potential import Potential
 from congener.runtime import resolve_device, resolve_dtype, set_threads, tune_allocator
+from congener.training import distributed
 from congener.training.checks import check_training_data
 from congener.training.config import TrainConfig
 from congener.training.data import LabelledSet
@@ -49,21 +50,25 @@ class TrainResult:
 
 @torch.no_grad()
 def validate(potential: Potential, data: LabelledSet, cfg: TrainConfig) -> dict[str, float]:
-    """Validation loss and MAEs: energy (meV/atom) and force (eV/Å per component)."""
+    """Validation loss and MAEs: energy (meV/atom) and force (eV/Å per component). With
+    several data-parallel ranks, each validates every W-th batch and the sums are reduced."""
     param = next(potential.parameters())
-    sums = {"loss": 0.0, "e_abs": 0.0, "f_abs": 0.0, "n_f": 0}
-    for graph, ref in data.batches(cfg.batch_size):
+    ranks = distributed.current()
+    sums = np.zeros(4)  # loss x structures, |dE|/atom, |dF|, force components
+    for k, (graph, ref) in enumerate(data.batches(cfg.batch_size)):
+        if k % ranks.world != ranks.rank:
+            continue
         graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
         with torch.enable_grad():
             pred = potential(graph, stress=cfg.stress_weight > 0)
         terms = loss(pred, ref, cfg)
-        sums["loss"] += float(terms.total) * len(ref.energy)
-        sums["e_abs"] += float(((pred.energy - ref.energy) / ref.n_atoms).abs().sum())
-        sums["f_abs"] += float((pred.forces - ref.forces).abs().sum())
-        sums["n_f"] += ref.forces.numel()
+        sums += [float(terms.total) * len(ref.energy),
+                 float(((pred.energy - ref.energy) / ref.n_atoms).abs().sum()),
+                 float((pred.forces - ref.forces).abs().sum()), ref.forces.numel()]
+    sums = distributed.all_reduce_sum(sums, ranks, param.device)
     n = len(data)
-    return {"val_loss": sums["loss"] / n, "val_energy_mae": 1000 * sums["e_abs"] / n,
-            "val_force_mae": sums["f_abs"] / max(sums["n_f"], 1)}
+    return {"val_loss": sums[0] / n, "val_energy_mae": 1000 * sums[1] / n,
+            "val_force_mae": sums[2] / max(sums[3], 1)}
 
 
 def _optimizer(potential: Potential, cfg: TrainConfig, lr_scales: dict[str, float] | None,
@@ -120,32 +125,45 @@ def _ema(potential: Potential, cfg: TrainConfig) -> AveragedModel | None:
 
 def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
                  opt: torch.optim.Optimizer, rng: np.random.Generator, epoch: int,
-                 ema: AveragedModel | None, ref_step: torch.nn.Parameter | None = None
-                 ) -> dict[str, float]:
+                 ema: AveragedModel | None, ref_step: torch.nn.Parameter | None = None,
+                 model: torch.nn.Module | None = None,
+                 ranks: distributed.Ranks = distributed.SINGLE) -> dict[str, float]:
+    """One pass over the training set in the order `rng` draws. `model` is the module that
+    runs forward (`potential` or its DistributedDataParallel wrapper); with several `ranks`
+    each takes its part of every batch (see `training.distributed`)."""
     param = next(potential.parameters())
+    model = model or potential
     sums, count = np.zeros(4), 0
     step = epoch * math.ceil(len(data) / cfg.batch_size)  # updates before this epoch
     order = rng.permutation(len(data)).tolist()
     for start in range(0, len(order), cfg.batch_size):
         indices = order[start:start + cfg.batch_size]
-        graph, ref = data.batch(indices)
+        part = distributed.shard(indices, ranks)
+        used = part or indices[:1]  # an empty part still joins the gradient reduction
+        graph, ref = data.batch(used)
         graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
         if step <= cfg.warmup_steps:  # in the warm-up (its last step restores the schedule)
             _set_lr(opt, cfg, epoch, step)
         step += 1
         opt.zero_grad(set_to_none=True)
-        pred = potential(graph, stress=cfg.stress_weight > 0, create_graph=True)
+        pred = model(graph, stress=cfg.stress_weight > 0, create_graph=True)
         if ref_step is not None:
             step_refs = ref_step.index_select(0, graph.species)
             pred.energy = pred.energy + torch.zeros_like(pred.energy).index_add(
                 0, graph.batch, step_refs)
-        terms = loss(pred, ref, cfg)
-        if not torch.isfinite(terms.total):
+        terms = loss(pred, ref, cfg, distributed.shares(data, indices, part, ranks))
+        finite = bool(torch.isfinite(terms.total))
+        if ranks.world > 1:  # every rank stops together
+            finite = distributed.all_reduce_sum(np.array([not finite]), ranks,
+                                                param.device)[0] == 0
+        if not finite:
             raise SimulationUnstable(f"training loss became {float(terms.total.detach())} at epoch "
-                                     f"{epoch}{_culprits(pred, data, indices)}")
+                                     f"{epoch}{_culprits(pred, data, used)}")
         # Only parameter gradients: skips the unused second derivative w.r.t. positions.
         terms.total.backward(inputs=[p for p in potential.parameters() if p.requires_grad]
                              + ([ref_step] if ref_step is not None else []))
+        if ref_step is not None:
+            distributed.reduce_gradient(ref_step, ranks)
         if cfg.grad_clip > 0:
             clipped = [*potential.parameters(), *([ref_step] if ref_step is not None else [])]
             torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
@@ -154,10 +172,16 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
             _fold_refs(potential, ref_step, ema)
         if ema is not None:
             ema.update_parameters(potential)
-        n = len(ref.energy)
-        sums += n * np.array([float(terms.total.detach()), terms.energy_mse, terms.force_mse,
-                              terms.stress_mse])
-        count += n
+        if ranks.world == 1:
+            n = len(ref.energy)
+            sums += n * np.array([float(terms.total.detach()), terms.energy_mse,
+                                  terms.force_mse, terms.stress_mse])
+        else:  # the ranks' totals add up to W x the batch's loss; the MSEs are logged per part
+            sums += [float(terms.total.detach()) * len(indices) / ranks.world,
+                     *(len(part) * np.array([terms.energy_mse, terms.force_mse,
+                                             terms.stress_mse]))]
+        count += len(indices)
+    sums = distributed.all_reduce_sum(sums, ranks, param.device)
     names = ("train_loss", "train_energy_mse", "train_force_mse", "train_stress_mse")
     row = dict(zip(names, sums / count, strict=True))
     if cfg.stress_weight == 0:
@@ -196,18 +220,24 @@ def fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainCo
     line naming the first).
     """
     check_training_data(potential, train, val, cfg)
-    if run_dir is None:
-        return _fit(potential, train, val, cfg, None, lr_scales, metadata, callback)
+    ranks = distributed.init_from_env()  # several ranks when launched by torchrun
+    if run_dir is None or not ranks.main:  # rank 0 alone holds the folder and writes to it
+        return _fit(potential, train, val, cfg, run_dir and Path(run_dir), lr_scales,
+                    metadata, callback if ranks.main else None, ranks)
     with folder_lock(run_dir, f"run folder {run_dir}"):
-        return _fit(potential, train, val, cfg, Path(run_dir), lr_scales, metadata, callback)
+        return _fit(potential, train, val, cfg, Path(run_dir), lr_scales, metadata, callback,
+                    ranks)
 
 
 def _fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainConfig,
          run_dir: Path | None, lr_scales: dict[str, float] | None,
-         metadata: dict[str, Any] | None, callback: Callback | None) -> TrainResult:
+         metadata: dict[str, Any] | None, callback: Callback | None,
+         ranks: distributed.Ranks = distributed.SINGLE) -> TrainResult:
     tune_allocator()
     set_threads(cfg.threads or None)
-    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    device = distributed.device_for(ranks, resolve_device(cfg.device))
+    dtype = resolve_dtype(cfg.dtype)
+    out = run_dir if ranks.main else None  # where files are written (rank 0 only)
     torch.manual_seed(cfg.seed)
     potential.to(device=device, dtype=dtype)
     # Energy mode learns on top of the references; in force-only mode fitting them first makes
@@ -227,6 +257,7 @@ def _fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainC
     best_state = {k: v.detach().clone() for k, v in potential.state_dict().items()}
     if run_dir and state["best_epoch"] >= 0:
         best_state = _load_best_state(run_dir)
+    model = distributed.wrap(potential, ranks)
     start = time.perf_counter() - state["seconds"]
     for epoch in range(state["epoch"], cfg.epochs):
         if state.get("stopped"):  # an early-stopped run that is rerun stays stopped
@@ -234,9 +265,10 @@ def _fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainC
         potential.train()
         lr = _set_lr(opt, cfg, epoch)
         try:
-            epoch_terms = _train_epoch(potential, train, cfg, opt, rng, epoch, ema, ref_step)
+            epoch_terms = _train_epoch(potential, train, cfg, opt, rng, epoch, ema, ref_step,
+                                       model, ranks)
         except SimulationUnstable as exc:
-            _stop_unstable(exc, potential, train, cfg, best_state, state, run_dir, metadata)
+            _stop_unstable(exc, potential, train, cfg, best_state, state, out, metadata)
         row = {"epoch": epoch, "lr": lr, **epoch_terms}
         checked = (epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1
         nan = float("nan")
@@ -248,17 +280,17 @@ def _fit(potential: Potential, train: LabelledSet, val: LabelledSet, cfg: TrainC
         if improved:
             state.update(best_val=row["val_loss"], best_epoch=epoch)
             best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
-            if run_dir:
-                save_atomic(best_state, run_dir / "best_state.pt")
+            if out:
+                save_atomic(best_state, out / "best_state.pt")
         # early stopping counts epochs since the best one (validated every val_every epochs)
         stale = checked and epoch - state["best_epoch"] >= cfg.patience
         state.update(epoch=epoch + 1, seconds=row["seconds"], stopped=bool(cfg.patience and stale))
-        if run_dir:
-            _checkpoint(run_dir, potential, opt, cfg, state, rng, metadata, improved, ema,
+        if out:
+            _checkpoint(out, potential, opt, cfg, state, rng, metadata, improved, ema,
                         identity)
         if callback:
             callback(row)
-    return _finish(potential, train, cfg, best_state, state, run_dir, metadata,
+    return _finish(potential, train, cfg, best_state, state, out, metadata,
                    time.perf_counter() - start)
 
 
