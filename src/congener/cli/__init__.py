@@ -65,6 +65,8 @@ def _register() -> None:
     from congener.cli import analysis as _analysis  # noqa: F401
     from congener.cli import data as _data  # noqa: F401
     from congener.cli import distill as _distill  # noqa: F401
+    from congener.cli import export as _export  # noqa: F401
+    from congener.cli import lammps_md as _lammps_md  # noqa: F401
     from congener.cli import model as _model  # noqa: F401
     from congener.cli import study as _study  # noqa: F401
 
