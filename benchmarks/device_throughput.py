@@ -1,0 +1,118 @@
+"""Throughput of congener's DimeNet++ on one device (a GPU when present): the figures of issue 22.
+
+One command reports, for 64-atom Ge cells (diamond, 0.1 Å displacements) and the default
+DimeNet++ at cutoff 4.3 Å (float32):
+- energy+forces: median ms per call of one structure (graph on the device, built once);
+- batched MD: system-steps/s of `run_md` (Langevin, 1 fs, skin lists) for 1, 4, 16, 64 and 256
+  trajectories in one batch;
+- training: structures/s of force-and-energy training steps (the trainer's loop) at batch 8
+  and 32.
+On the CPU the same script runs (use small `--md-steps` / `--train-steps`); compare devices
+only within one run or on the same machine.
+
+    .venv/bin/python benchmarks/device_throughput.py [--device cuda] [--md-steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import ase.build
+import numpy as np
+import torch
+
+from congener.data.structures import label
+from congener.graph import build_graph
+from congener.models.checkpoint import build_potential
+from congener.models.dimenet import DimeNetConfig
+from congener.runtime import resolve_device, tune_allocator
+from congener.simulation.md import run_md
+from congener.training.config import TrainConfig
+from congener.training.data import LabelledSet
+from congener.training.trainer import fit
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cells(n: int, seed: int = 0) -> list:
+    base = ase.build.bulk("Ge", "diamond", a=5.66, cubic=True) * (2, 2, 2)
+    out = []
+    for k in range(n):
+        atoms = base.copy()
+        atoms.rattle(0.1, seed=seed + k)
+        out.append(atoms)
+    return out
+
+
+def energy_forces_ms(potential, device: torch.device, reps: int) -> float:
+    graph = build_graph(_cells(1)[0], potential.cutoff).to(device, torch.float32)
+    times = []
+    for k in range(reps + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        potential(graph)
+        _sync(device)
+        if k >= 2:  # two warm-up calls (CUDA kernels, allocator)
+            times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def md_throughput(potential, device: torch.device, batches: list[int], steps: int) -> dict:
+    out = {}
+    for n in batches:
+        result = run_md(potential, _cells(n), temperature_K=600.0, timestep_fs=1.0,
+                        steps=steps, sample_every=steps, device=str(device))
+        out[n] = result.system_steps_per_s
+    return out
+
+
+def training_throughput(device: torch.device, batch: int, steps: int) -> float:
+    """Structures per second over `steps` updates (the first epoch's set-up excluded)."""
+    torch.manual_seed(0)
+    potential = build_potential(["Ge"], DimeNetConfig(cutoff=4.3))
+    teacher = build_potential(["Ge"], DimeNetConfig(cutoff=4.3))
+    structures = []
+    for atoms in _cells(batch * steps, seed=100):
+        pred = teacher(build_graph(atoms, 4.3).to("cpu", torch.float32), stress=True)
+        structures.append(label(atoms, energy=float(pred.energy[0]),
+                                forces=pred.forces.detach().numpy(),
+                                stress=pred.stress[0].detach().numpy()))
+    train = LabelledSet(structures, 4.3)
+    val = LabelledSet(structures[:batch], 4.3)
+    cfg = TrainConfig(epochs=2, batch_size=batch, energy_weight=30.0, device=str(device),
+                      val_every=2)
+    result = fit(potential, train, val, cfg)
+    second = result.history[-1]["seconds"] - result.history[0]["seconds"]  # epoch 2 only
+    return len(structures) / max(second, 1e-9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--md-steps", type=int, default=50)
+    parser.add_argument("--batches", default="1,4,16,64,256")
+    parser.add_argument("--train-steps", type=int, default=10, help="updates per epoch")
+    args = parser.parse_args()
+    tune_allocator()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    potential = build_potential(["Ge"], DimeNetConfig(cutoff=4.3)).to(device).float().eval()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} "
+          "threads; DimeNet++ default sizes, cutoff 4.3 Å, float32; 64-atom Ge cells")
+    print(f"energy+forces, one structure: {energy_forces_ms(potential, device, args.reps):.2f} ms")
+    batches = [int(b) for b in args.batches.split(",")]
+    for n, rate in md_throughput(potential, device, batches, args.md_steps).items():
+        print(f"MD, {n:4d} trajectories: {rate:9.1f} system-steps/s")
+    for batch in (8, 32):
+        rate = training_throughput(device, batch, args.train_steps)
+        print(f"training, batch {batch:2d}: {rate:7.1f} structures/s")
+
+
+if __name__ == "__main__":
+    main()
