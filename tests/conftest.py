@@ -56,6 +56,16 @@ def rattled_diamond(symbol: str = "Si", a: float = 5.43, reps=(1, 1, 1), amount:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny graphs gain nothing from a second thread on the shared 2-core machine (modules
+    use it with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def potential():
     return small_potential()
 

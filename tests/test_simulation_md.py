@@ -26,14 +26,7 @@ from congener.simulation.md import (
 )
 from tests.conftest import rattled_diamond, small_potential
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny graphs gain nothing from a second thread on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PairSprings(torch.nn.Module):
