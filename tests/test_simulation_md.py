@@ -147,9 +147,26 @@ def test_failures_are_recorded_and_others_continue():
     records = stability_records(result, mode="scratch", size=10)
     rows = stability_table(records + stability_records(result, mode="transfer", size=10))
     assert [(r.mode, r.stable, r.total) for r in rows] == [("scratch", 1, 4), ("transfer", 1, 4)]
-    assert "| scratch | 10 | 1 | 4 | 0.25 |" in format_stability_table(rows)
+    # 1 of 4 stable: the Wilson 95 % interval is 0.05-0.70 (closed form: see below)
+    assert "| scratch | 10 | 1 | 4 | 0.25 | 0.05-0.70 |" in format_stability_table(rows)
     summary = stability_summary(result)
     assert summary["stable"] == 1 and summary["trajectories"][3]["reason"] == "overheated"
+
+
+@pytest.mark.parametrize(("stable", "total"), [(1, 4), (35, 100), (0, 5), (100, 100)])
+def test_wilson_interval_matches_the_closed_form(stable, total):
+    """The interval the stability table reports (scipy) against Wilson's formula by hand;
+    the paper's scratch figure at 10 structures, 35 of 100, spans 0.26-0.45."""
+    from congener.analysis.stability import wilson_interval
+
+    z, p = 1.959963984540054, stable / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    low, high = wilson_interval(stable, total)
+    assert low == pytest.approx(max(0.0, centre - half), abs=1e-9)
+    assert high == pytest.approx(min(1.0, centre + half), abs=1e-9)
+    if (stable, total) == (35, 100):
+        assert (round(low, 2), round(high, 2)) == (0.26, 0.45)
 
 
 def test_all_failed_stops_early():

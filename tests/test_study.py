@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from congener.data.structures import write_structures
 from congener.errors import ConfigError
@@ -83,7 +84,8 @@ def test_nested_training_sets_and_shared_validation(files):
 
 def test_study_runs_resumes_and_reports(files, tmp_path):
     cfg = tiny(files, seeds=[0], phonons={"runs": "curve", "size": 1, "reference": "largest"},
-               md={"sizes": [1], "trajectories": 2, "steps": 6, "sample_every": 2})
+               md={"sizes": [1], "trajectories": 2, "steps": 6, "sample_every": 2,
+                   "arms": ["scratch", "transfer"], "checkpoint_every": 2})
     report = run_study(cfg, tmp_path / "study")
     text = report.read_text()
     assert "Learning curve" in text and "Temperature transferability" in text
@@ -92,6 +94,11 @@ def test_study_runs_resumes_and_reports(files, tmp_path):
     md = json.loads((tmp_path / "study" / "validation" / "md" / "transfer-n1-s0.json")
                     .read_text())
     assert md["summary"]["total"] == 2
+    md_dir = tmp_path / "study" / "validation" / "md"
+    assert not (md_dir / "frozen-n1-s0.json").exists()  # md.arms leaves frozen out
+    assert not list(md_dir.glob("*.ckpt"))  # checkpoints go once a model's result is stored
+    with pytest.raises(ConfigError, match=r"md\.arms: the study has no arm 'scaled'"):
+        tiny(files, md={"arms": ["scaled"]})
     assert (tmp_path / "study" / "learning_curves.png").stat().st_size > 10_000
     lines = (tmp_path / "study" / "results.csv").read_text().strip().splitlines()
     from congener.data.structures import read_structures
@@ -190,8 +197,9 @@ def test_paired_improvement_counts_wins():
 
 def test_search_over_learning_rate_and_decay(files):
     from congener.data.structures import read_structures
-    from congener.studies.learning_curve import best_settings, plan_hpo
+    from congener.studies.learning_curve import plan_hpo
     from congener.studies.run import run_config
+    from congener.studies.selection import choose
 
     cfg = tiny(files, hpo={"size": 2, "lr": [1e-3, 3e-3], "decay": [0.1, 0.01]})
     pool = read_structures(files / "ge.extxyz")
@@ -200,18 +208,102 @@ def test_search_over_learning_rate_and_decay(files):
     assert len({r.name for r in runs}) == len(runs)
     # the lowest validation loss wins, per mode; the curve runs then use its lr and decay
     scores = {(r.lr, r.decay): (1.0 if (r.lr, r.decay) != (3e-3, 0.01) else 0.5) for r in runs}
-    choices = best_settings([(r, {"val": {"val_loss": scores[(r.lr, r.decay)]}}) for r in runs])
-    assert choices[Mode.scratch] == (3e-3, 0.01)
+    choices = choose(cfg, [(r, {"val": {"val_loss": scores[(r.lr, r.decay)]}}) for r in runs])
+    assert choices[Mode.scratch] == (3e-3, 0.01, ())
     # runs that never validated a finite loss lose, and do not stop the study
     never = {(1e-3, 0.1): {"val": {}}, (1e-3, 0.01): {"val": {"val_loss": float("nan")}}}
-    choices_nan = best_settings([(r, never.get((r.lr, r.decay), {"val": {"val_loss": 2.0}}))
-                                 for r in runs])
-    assert choices_nan[Mode.scratch] == (3e-3, 0.1)
+    choices_nan = choose(cfg, [(r, never.get((r.lr, r.decay), {"val": {"val_loss": 2.0}}))
+                               for r in runs])
+    assert choices_nan[Mode.scratch] == (3e-3, 0.1, ())
     curve = [r for r in plan_runs(cfg, pool, choices) if r.kind == "curve"]
     tcfg = run_config(cfg, curve[0].size, 0, curve[0].lr, 1, curve[0].decay)
     assert tcfg.lr == 3e-3 and tcfg.lr_final == pytest.approx(3e-5)
     with pytest.raises(ConfigError, match=r"hpo\.decay"):
         tiny(files, hpo={"lr": [1e-3], "decay": [2.0]})
+
+
+def test_kfold_search_judges_every_structure_once_and_averages_the_folds(files):
+    from congener.data.structures import read_structures
+    from congener.studies.learning_curve import plan_hpo
+    from congener.studies.run import run_config
+    from congener.studies.selection import choose
+
+    hpo = {"size": 2, "lr": [1e-3], "grid": {"energy_weight": [1, 30]},
+           "metric": "val_force_mae", "folds": 2}
+    cfg = tiny(files, modes=["scratch"], hpo=hpo)
+    pool = read_structures(files / "ge.extxyz")
+    curve = next(r for r in plan_runs(cfg, pool) if r.kind == "curve" and r.size == 2
+                 and r.seed == cfg.seeds[0])
+    runs = plan_hpo(cfg, pool)
+    assert len(runs) == 2 * 2  # two candidates x two folds
+    for cand in ((("energy_weight", 1.0),), (("energy_weight", 30.0),)):
+        folds = [r for r in runs if r.settings == cand]
+        vals = [set(r.val_idx) for r in folds]
+        # every structure of the first seed's training and validation sets is judged once
+        assert set().union(*vals) == set(curve.train_idx) | set(curve.val_idx)
+        assert sum(len(v) for v in vals) == len(curve.train_idx) + len(curve.val_idx)
+        assert all(not set(r.train_idx) & set(r.val_idx) for r in folds)
+    # weight 30 wins fold 0 by a little and loses fold 1 by a lot: the mean decides
+    score = {(1.0, 0): 0.10, (1.0, 1): 0.10, (30.0, 0): 0.09, (30.0, 1): 0.30}
+    res = [(r, {"val": {"val_force_mae": score[(r.settings[0][1], r.fold)],
+                        "val_loss": 0.0}}) for r in runs]
+    choice = choose(cfg, res)["scratch"]
+    assert choice == (1e-3, None, (("energy_weight", 1.0),))
+    spec = next(r for r in plan_runs(cfg, pool, {"scratch": choice}) if r.kind == "curve")
+    assert run_config(cfg, 2, 0, spec.lr, 1, spec.decay, spec.settings).energy_weight == 1.0
+    # balanced: energy and force MAE over the arm's best of each; here weight 1 has the best
+    # forces, weight 30 much better energies and slightly worse forces: balanced takes 30
+    both = {1.0: (10.0, 0.10), 30.0: (5.0, 0.11)}
+    res = [(r, {"val": {"val_energy_mae": both[r.settings[0][1]][0],
+                        "val_force_mae": both[r.settings[0][1]][1]}}) for r in runs]
+    assert choose(cfg, res)["scratch"][2] == (("energy_weight", 1.0),)
+    balanced = replace(cfg, hpo=replace(cfg.hpo, metric="balanced"))
+    assert choose(balanced, res)["scratch"][2] == (("energy_weight", 30.0),)
+    # the controls of a scaled arm are not searched: they take the choice of the arm they
+    # control (transfer-rc has no transfer arm here: it is searched itself)
+    with_controls = tiny(files, modes=["scratch", "scaled"], hpo=hpo)
+    searched = {r.mode for r in plan_hpo(with_controls, pool)}
+    assert searched == {"scratch", "scaled", "transfer-rc"}
+    fake = [(r, {"val": {"val_force_mae": 1.0 if r.settings[0][1] == 30.0 else 2.0}})
+            for r in plan_hpo(with_controls, pool)]
+    chosen = choose(with_controls, fake)
+    assert chosen["scratch-rc"] == chosen["scratch"] and chosen["scratch"][2][0][1] == 30.0
+    # losses of different weights are not comparable: a weight grid needs a MAE as metric
+    with pytest.raises(ConfigError, match="not comparable"):
+        tiny(files, hpo={**hpo, "metric": "val_loss"})
+    with pytest.raises(ConfigError, match=r"hpo\.grid: 'lr'"):
+        tiny(files, hpo={**hpo, "grid": {"lr": [1e-3]}})
+    with pytest.raises(ConfigError, match=r"hpo\.folds"):
+        tiny(files, hpo={**hpo, "folds": 1})
+
+
+def test_search_runs_never_read_the_test_set(files, tmp_path):
+    """A study with a search: the search runs finish with the test file made unreadable, the
+    report states the protocol and the choice; the curve runs read the test set."""
+    from congener.data.structures import read_structures
+    from congener.studies.config import RunSpec
+    from congener.studies.learning_curve import plan_hpo
+    from congener.studies.run import run_one
+
+    cfg = tiny(files, sizes=[2], seeds=[0], modes=["scratch"], temperature=None, workers=1,
+               hpo={"size": 2, "lr": [1e-3, 3e-3], "folds": 2})
+    study = tmp_path / "s"
+    report = run_study(cfg, study).read_text()
+    assert "## Selection protocol" in report and "2-fold cross-validation" in report
+    assert report.count("**yes**") == 1
+    searched = [d for d in (study / "runs").iterdir() if d.name.startswith("hpo-")]
+    assert len(searched) == 4
+    for d in searched:
+        assert "test" not in json.loads((d / "metrics.json").read_text())
+    assert "test" in json.loads((study / "runs" / "scratch-n2-s0" / "metrics.json").read_text())
+    # rerun one search run with the test file corrupted: it must not notice
+    spec: RunSpec = plan_hpo(cfg, read_structures(study / "data" / "target_pool.extxyz"))[0]
+    (study / "runs" / spec.name / "metrics.json").unlink()
+    (study / "data" / "target_test.extxyz").write_text("not a structure file\n")
+    from dataclasses import asdict
+
+    res = run_one(str(study), cfg.as_dict(), asdict(spec), threads=1)
+    assert "test" not in res and res["val"]["val_loss"] >= 0
 
 
 ROOT = Path(__file__).parents[1]
@@ -270,6 +362,49 @@ def test_scaled_mode_fits_scales_per_run_and_reports_them(files, tmp_path, monke
     monkeypatch.setattr(run_module, "fit_scales", refit)
     run_study(cfg, tmp_path / "study")
     assert json.loads((run / "metrics.json").read_text())["scales"] == scales
+
+
+def test_scaled_arm_brings_its_cutoff_controls(files, tmp_path):
+    """scratch-rc and transfer-rc run at the scaled start's cutoff; transfer-rc is the source
+    with the length scale only, so the scaled start's forces are the energy scale times its."""
+    from congener.data.structures import read_structures
+    from congener.graph import build_graph
+    from congener.studies.run import _initial_model
+
+    cfg = tiny(files, sizes=[2], seeds=[0], modes=["scratch", "transfer", "scaled"],
+               temperature=None, workers=1)
+    assert cfg.arm_names() == ["scratch", "transfer", "scaled", "scratch-rc", "transfer-rc"]
+    assert tiny(files, modes=["scratch", "scaled"], scaled_controls=False).arm_names() == \
+        ["scratch", "scaled"]
+    study = tmp_path / "study"
+    report = run_study(cfg, study).read_text()
+    runs = study / "runs"
+    scaled = json.loads((runs / "scaled-n2-s0" / "config.json").read_text())["model"]["cutoff"]
+    for arm in ("scratch-rc", "transfer-rc"):
+        m = json.loads((runs / f"{arm}-n2-s0" / "metrics.json").read_text())
+        assert m["cutoff"] == pytest.approx(scaled) and "scales" not in m
+        model = json.loads((runs / f"{arm}-n2-s0" / "config.json").read_text())["model"]
+        assert model["cutoff"] == pytest.approx(scaled)
+    assert "| scratch-rc |" in report and "| transfer-rc |" in report
+    val_f = {arm: json.loads((runs / f"{arm}-n2-s0" / "metrics.json").read_text())["val"]
+             ["val_force_mae"] for arm in cfg.arm_names()}
+    assert f"Validation picks **{min(val_f, key=val_f.get)}**" in report
+    # the starts themselves, on the run's structures
+    pool = read_structures(study / "data" / "target_pool.extxyz")
+    spec = next(r for r in plan_runs(cfg, pool) if r.name == "scaled-n2-s0")
+    train, val = [pool[k] for k in spec.train_idx], [pool[k] for k in spec.val_idx]
+    starts = {name: _initial_model(cfg, cfg.arm(name), study, ["Ge"], 0, train,
+                                   tmp_path / name, val) for name in ("scaled", "transfer-rc")}
+    mu = starts["scaled"][1]["scales"]["energy"] if starts["scaled"][1]["scales"]["accepted"] \
+        else 1.0
+    graph = build_graph(val[0], scaled)
+    f_scaled = starts["scaled"][0](graph.to(dtype=torch.float32)).forces.detach()
+    f_rc = starts["transfer-rc"][0](graph.to(dtype=torch.float32)).forces.detach()
+    assert torch.allclose(f_scaled, mu * f_rc, rtol=0, atol=1e-5 * float(f_scaled.abs().max()))
+    with pytest.raises(ConfigError, match="cutoff applies to scratch and transfer"):
+        values = tiny_values(files)
+        values.pop("modes")
+        study_config({**values, "arms": [{"name": "x", "start": "frozen", "cutoff": 5.0}]})
 
 
 def test_arms_compare_scratch_a_family_checkpoint_zero_shot_and_frozen(files, tmp_path):

@@ -41,6 +41,22 @@ class StabilityRow:
     def fraction(self) -> float:
         return self.stable / self.total if self.total else float("nan")
 
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """Wilson score interval of the stable fraction (scipy's binomtest): honest for the
+        small counts of a study (4 stable of 4 is not a certainty)."""
+        return wilson_interval(self.stable, self.total, confidence)
+
+
+def wilson_interval(stable: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """(low, high) of the Wilson score interval for `stable` successes of `total`."""
+    if total <= 0:
+        return float("nan"), float("nan")
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(stable), int(total)).proportion_ci(confidence_level=confidence,
+                                                          method="wilson")
+    return float(ci.low), float(ci.high)
+
 
 def stability_records(result: MDResult, *, mode: str = "", size: int = 0
                       ) -> list[StabilityRecord]:
@@ -67,10 +83,11 @@ def stability_table(records: Iterable[StabilityRecord]) -> list[StabilityRow]:
 
 
 def format_stability_table(rows: Iterable[StabilityRow]) -> str:
-    """A markdown table: mode | size | stable | total | fraction."""
-    lines = ["| mode | size | stable | total | fraction |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.mode} | {r.size} | {r.stable} | {r.total} | {r.fraction:.2f} |"
-              for r in rows]
+    """A markdown table: mode | size | stable | total | fraction | 95 % interval (Wilson)."""
+    lines = ["| mode | size | stable | total | fraction | 95 % interval (Wilson) |",
+             "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {r.mode} | {r.size} | {r.stable} | {r.total} | {r.fraction:.2f} | "
+              f"{r.interval()[0]:.2f}-{r.interval()[1]:.2f} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -92,11 +92,9 @@ def _load_sets(train_file, val_file, val_fraction, seed, keys=None):
 
 
 def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=None, meta=None,
-         keys=None):
+         keys=None, stages_file=None):
     from tqdm import tqdm
 
-    from congener.analysis.errors import evaluate, metrics
-    from congener.data.structures import read_structures
     from congener.training.data import LabelledSet
     from congener.training.trainer import fit
 
@@ -105,6 +103,9 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
     tset, vset = LabelledSet(train, cutoff, name="training set"), LabelledSet(val, cutoff,
                                                                               name="validation set")
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
+    if stages_file:
+        return _run_stages(potential, tset, vset, cfg, run_dir, test_file, meta, keys,
+                           stages_file)
     with tqdm(total=cfg.epochs, unit="epoch", dynamic_ncols=True, disable=not main) as bar:
         def progress(row):
             bar.n = row["epoch"] + 1
@@ -120,6 +121,33 @@ def _run(potential, train, val, model_cfg, cfg, run_dir, test_file, lr_scales=No
                f"{result.best_val.get('val_force_mae', float('nan')):.4f} eV/Å; "
                f"{result.seconds:.0f} s")
     click.echo(f"model: {Path(run_dir) / 'model.pt'}")
+    _test(potential, run_dir, test_file, keys)
+
+
+def _run_stages(potential, tset, vset, cfg, run_dir, test_file, meta, keys, stages_file):
+    """`train --stages`: the chain of `training.stages`, its stopping stage chosen on
+    validation, the test set (if any) read once, after the choice."""
+    from congener.training.stages import read_stages, train_stages
+
+    stages, metric, patience = read_stages(stages_file, cfg)
+
+    def on_stage(k, row):
+        click.echo(f"stage {k}: {row['epochs']} epochs, validation energy MAE "
+                   f"{row['val_energy_mae']:.2f} meV/atom, force MAE "
+                   f"{row['val_force_mae']:.4f} eV/Å")
+
+    result = train_stages(potential, tset, vset, stages, run_dir, metric=metric,
+                          patience=patience, metadata=meta, on_stage=on_stage)
+    click.echo(f"chosen on validation ({metric}): stage {result.chosen} of "
+               f"{len(result.stages)} run (stopped by {result.stopped_by}); "
+               f"model: {Path(run_dir) / 'model.pt'}")
+    _test(potential, run_dir, test_file, keys)
+
+
+def _test(potential, run_dir, test_file, keys):
+    from congener.analysis.errors import evaluate, metrics
+    from congener.data.structures import read_structures
+
     if test_file:
         m = metrics(evaluate(potential, read_structures(test_file, keys=keys)))
         write_json(Path(run_dir) / "test_metrics.json", m)
@@ -141,8 +169,12 @@ _OVERRIDES = ("epochs", "batch_size", "lr", "lr_final", "energy_weight", "stress
 @click.option("--init", "init_model", default=None,
               help="Continue from this model instead of random weights (e.g. a second stage "
                    "with --energy-weight after force matching).")
+@click.option("--stages", "stages_file", default=None,
+              help="YAML/TOML with a list of stages (train settings over the options above), "
+                   "repeat_last, metric, patience: trained in turn, the stopping stage chosen "
+                   "on validation (training.stages).")
 def train_command(train_file, val_file, val_fraction, test_file, config_file, run_dir,
-                  cutoff, init_model, keys=None, **overrides):
+                  cutoff, init_model, stages_file=None, keys=None, **overrides):
     """Train a DimeNet++ potential from scratch (force matching unless --energy-weight > 0)."""
     import torch
 
@@ -164,7 +196,8 @@ def train_command(train_file, val_file, val_fraction, test_file, config_file, ru
         potential = build_potential(elements_of(train), model_cfg)  # what it is trained on
     meta = {"mode": "scratch" if not init_model else "continued",
             "init_model": init_model, "train_data": file_hash_of(train_file)}
-    _run(potential, train, val, model_cfg, cfg, run_dir, test_file, meta=meta, keys=keys)
+    _run(potential, train, val, model_cfg, cfg, run_dir, test_file, meta=meta, keys=keys,
+         stages_file=stages_file)
 
 
 @cli.command("transfer")

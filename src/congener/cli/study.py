@@ -64,8 +64,10 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
     def on_done(spec, res) -> None:  # run_study calls on_start before a phase's runs
         results.append((spec, res))
         bar.update(1)
-        bar.set_postfix_str(f"{spec.name}: E {res['test']['energy_mae']:.1f} meV/atom, "
-                            f"F {res['test']['force_mae']:.3f} eV/Å")
+        where, m = ("test", res["test"]) if "test" in res else ("val", {  # search: validation
+            k.removeprefix("val_"): v for k, v in (res.get("val") or {}).items()})
+        bar.set_postfix_str(f"{spec.name}: {where} E {m.get('energy_mae', float('nan')):.1f} "
+                            f"meV/atom, F {m.get('force_mae', float('nan')):.3f} eV/Å")
 
     try:
         report = run_study(cfg, Path(study_dir), log=log, on_done=on_done, on_start=on_start)
@@ -73,7 +75,7 @@ def study_command(config: str | None, study_dir: str, workers: int | None, sizes
         if bar is not None:
             bar.close()
     click.echo("\nTest errors, mean ± std over seeds:\n")
-    table = rows(results)
+    table = rows([(spec, res) for spec, res in results if "test" in res])
     click.echo(markdown_table(summary(table), table))
     click.echo(f"\nreport: {report}\nplots: {Path(study_dir) / 'learning_curves.png'}"
                f"  (finished in {time.perf_counter() - start:.0f} s)")

@@ -11,7 +11,9 @@ Per arm, optionally: `zero_shot: true` (evaluated as it starts, no training: fou
 checkpoint starts), `freeze` (parts in the words of training.transfer: first:N, last:N, block
 names, aliases, patterns), `soft_freeze` (a learning-rate factor for the frozen parts instead),
 `refs` (keep | refit | train: the reference energies), `train` (overrides of the study's train
-section: a loss recipe, a learning rate).
+section: a loss recipe, a learning rate), `cutoff` (scratch and transfer only: a cutoff in Å
+other than the study's, or `scaled`: the cutoff the corresponding-states start of the same
+run would have; these are the controls of a `scaled` arm, see `scaled_controls`).
 
 The study's `modes` list is a shorthand for the built-in arms of the same names, so every
 study file written before arms existed means what it meant.
@@ -42,6 +44,7 @@ class Arm:
     soft_freeze: float | None = None
     refs: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
+    cutoff: float | str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -85,11 +88,22 @@ class Arm:
             raise ConfigError(f"{where}: unknown train setting {unknown[0]!r}")
         if self.start not in BUILTIN and ":" in self.start:
             _check_foundation_name(self.start, where)
+        if self.cutoff is not None:
+            if self.start not in ("scratch", "transfer"):
+                raise ConfigError(f"{where}: cutoff applies to scratch and transfer starts "
+                                  "(a scaled start sets its own; other families keep theirs)")
+            if self.cutoff != "scaled":
+                check_float(f"{where}: cutoff", self.cutoff, 0.5, 20.0)
+
+    @property
+    def scaled_cutoff(self) -> bool:
+        """Whether the arm takes the cutoff of the same run's corresponding-states start."""
+        return self.cutoff == "scaled"
 
     @property
     def uses_source(self) -> bool:
         """Whether the arm starts from the study's congener source model."""
-        return self.start in SOURCE_STARTS
+        return self.start in SOURCE_STARTS or self.scaled_cutoff
 
     @property
     def outside_start(self) -> bool:
@@ -128,6 +142,24 @@ def arm_from_dict(values: Any, index: int) -> Arm:
 def builtin(name: str) -> Arm:
     """The arm a former mode stands for."""
     return Arm(name=name, start=name)
+
+
+def scaled_controls(arms: tuple[Arm, ...]) -> tuple[Arm, ...]:
+    """The controls of a `scaled` arm: scratch and transfer at the cutoff of the same run's
+    corresponding-states start (`scratch-rc`, `transfer-rc`), unless the arms hold them.
+
+    For DimeNet++ distances enter only as d / cutoff, so the length scale and the cutoff are
+    one parameter: `transfer-rc` is the source with the length scale and without the energy
+    scale, and `scratch-rc` learns from the data alone with the larger cutoff. Scaled against
+    transfer-rc isolates the energy scale; transfer-rc against transfer and scratch-rc against
+    scratch measure what the larger cutoff gives."""
+    if not any(a.start == "scaled" for a in arms):
+        return ()
+    have = {(a.start, a.cutoff) for a in arms}
+    names = {a.name for a in arms}
+    return tuple(Arm(name=name, start=start, cutoff="scaled")
+                 for name, start in (("scratch-rc", "scratch"), ("transfer-rc", "transfer"))
+                 if (start, "scaled") not in have and name not in names)
 
 
 def check_arms(arms: tuple[Arm, ...]) -> None:

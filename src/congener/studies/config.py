@@ -21,7 +21,8 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     freeze: [embedding, interaction:0]   # used by the `frozen` mode
     soft_freeze: null             # a factor: `frozen` mode scales instead of freezing
     temperature: {temperature_K: 2000, sizes: [1]}  # transferability runs (optional)
-    hpo: {size: 10, lr: [0.001, 0.003], decay: [0.1, 0.01]}  # per-mode search (optional)
+    hpo: {size: 10, lr: [0.001, 0.003], decay: [0.1, 0.01],   # per-arm search on validation
+          grid: {energy_weight: [10, 30]}, metric: val_force_mae, folds: 3}   # (optional)
     phonons: {runs: temperature, size: 1, reference: sw}  # DOS stage (null: off)
     md: {sizes: [10], trajectories: 2, temperature_K: 1200, timestep_fs: 0.5, steps: 400}
     distill: {arms: [sevennet-ft], size: 10, students: {default: {}}}  # studies.distill_stage
@@ -29,6 +30,11 @@ Stillinger-Weber Si -> Ge study that `congener study` runs with no file).
     executor: {kind: slurm, partition: cpu, time_min: 120, cpus_per_task: 4}
                                   # where runs execute: local (default), slurm, ray
                                   # (studies.executors); not a fixed setting
+    scaled_controls: true         # a scaled arm brings scratch-rc and transfer-rc (its cutoff)
+
+Selection protocol: every choice the study makes (the search's settings per arm) is made on
+validation data, held out or by k-fold cross-validation (`hpo.folds`); search runs never read
+the test set; each learning-curve run reads it once, after training.
 
 Data specifications: `sw:<El>` generates Stillinger-Weber data (quick preset, overridable
 with `sw:<El>:paper`), `mlearn:<folder>` reads Zuo et al. training.json/test.json without
@@ -47,7 +53,7 @@ from congener.errors import ConfigError
 from congener.models.dimenet import MAX_Z, DimeNetConfig
 from congener.simulation.md import MAX_TEMPERATURE_K
 from congener.simulation.md import check_settings as check_md_settings
-from congener.studies.arms import Arm, arm_from_dict, builtin, check_arms
+from congener.studies.arms import Arm, arm_from_dict, builtin, check_arms, scaled_controls
 from congener.studies.distill_stage import DistillStage
 from congener.studies.executors import ExecutorSpec
 from congener.training.config import TrainConfig, from_dict, read_mapping
@@ -175,12 +181,22 @@ class TemperatureSpec:
 
 @dataclass(frozen=True)
 class HPOSpec:
-    """Search per mode on the validation set (size `size`, first seed): initial learning rates
-    `lr` and, optionally, decays `decay` (lr_final / lr; default: the train section's)."""
+    """Search per arm on validation data (size `size`, first seed), never on the test set.
+
+    Candidates: initial learning rates `lr` x decays `decay` (lr_final / lr; default: the train
+    section's) x the product of `grid` (other train settings, e.g. energy_weight: [10, 30]).
+    `metric`: what picks the candidate, the validation loss or a validation MAE (the loss is not
+    comparable across loss weights, so a grid over weights needs a MAE, or `balanced`: energy
+    and force MAE, each over the arm's best candidate's, summed). `folds`: k-fold
+    cross-validation over the first seed's training and validation structures at `size` (a
+    validation set of a few structures is a poor judge); null: the held-out validation set."""
 
     size: int = 10
     lr: tuple[float, ...] = (1e-3, 3e-3)
     decay: tuple[float, ...] | None = None
+    grid: dict[str, tuple] = field(default_factory=dict)
+    metric: str = "val_loss"
+    folds: int | None = None
 
     def __post_init__(self) -> None:
         check_int("hpo.size", self.size, 1)
@@ -189,6 +205,44 @@ class HPOSpec:
         if self.decay is not None:  # ratios lr_final / lr
             object.__setattr__(self, "decay", check_floats("hpo.decay", self.decay, 0.0, 1.0,
                                                            low_open=True))
+        if not isinstance(self.grid, dict):
+            raise ConfigError(f"hpo.grid must map train settings to lists (got {self.grid!r})")
+        known = set(TrainConfig.__dataclass_fields__) - {"lr", "lr_final", "seed", "epochs"}
+        grid = {}
+        for key, values in self.grid.items():
+            if key not in known:
+                raise ConfigError(f"hpo.grid: {key!r} is not a train setting that a search "
+                                  "can vary (lr and decay have their own keys)")
+            values = tuple(values) if isinstance(values, list | tuple) else (values,)
+            if not values:
+                raise ConfigError(f"hpo.grid.{key} lists no value")
+            # each candidate must make a valid train section (ints become floats where due)
+            grid[key] = tuple(getattr(from_dict(TrainConfig, {key: v}, "hpo.grid"), key)
+                              for v in values)
+        object.__setattr__(self, "grid", grid)
+        if self.metric not in HPO_METRICS:
+            raise ConfigError(f"hpo.metric must be one of {', '.join(HPO_METRICS)} "
+                              f"(got {self.metric!r})")
+        weights = sorted(set(grid) & _LOSS_SHAPE)
+        if self.metric == "val_loss" and weights:
+            raise ConfigError(f"hpo.grid varies {weights[0]}: validation losses of different "
+                              "loss weights are not comparable; give hpo.metric balanced, "
+                              "val_force_mae or val_energy_mae")
+        if self.folds is not None:
+            check_int("hpo.folds", self.folds, 2)
+
+    def candidates(self) -> list[tuple[float, float | None, tuple[tuple[str, Any], ...]]]:
+        """Every (lr, decay, settings) of the search."""
+        import itertools
+
+        keys = list(self.grid)
+        combos = list(itertools.product(*(self.grid[k] for k in keys)))
+        return [(lr, d, tuple(zip(keys, combo, strict=True)))
+                for lr in self.lr for d in (self.decay or (None,)) for combo in combos]
+
+
+HPO_METRICS = ("val_loss", "val_force_mae", "val_energy_mae", "balanced")
+_LOSS_SHAPE = {"energy_weight", "force_weight", "stress_weight", "loss", "huber_delta"}
 
 
 @dataclass(frozen=True)
@@ -220,9 +274,15 @@ class MDStage:
     steps: int = 400
     friction_per_ps: float = 1.0
     sample_every: int = 20
+    checkpoint_every: int = 2000  # steps between checkpoints (studies.validation.md_stage)
+    arms: tuple[str, ...] | None = None  # the arms whose models run MD (None: every arm)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", check_ints("md.sizes", self.sizes, 1))
+        if self.arms is not None and (isinstance(self.arms, str) or not all(
+                isinstance(a, str) and a for a in self.arms)):
+            raise ConfigError(f"md.arms must be a list of arm names (got {self.arms!r})")
+        check_int("md.checkpoint_every", self.checkpoint_every, 1)
         check_int("md.trajectories", self.trajectories, 1)
         check_md_settings(temperature_K=self.temperature_K, timestep_fs=self.timestep_fs,
                           steps=self.steps, friction_per_ps=self.friction_per_ps,
@@ -259,6 +319,7 @@ class StudyConfig:
     workers: int = 2
     arms: tuple[Arm, ...] = ()  # when given, the study's arms (`modes` is then unused)
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    scaled_controls: bool = True  # a scaled arm brings scratch and transfer at its cutoff
 
     def __post_init__(self) -> None:
         _check_text("name", self.name)
@@ -291,14 +352,24 @@ class StudyConfig:
         if self.soft_freeze is not None:
             check_float("soft_freeze", self.soft_freeze, 0.0, 1.0)
         check_int("workers", self.workers, 1)
+        if not isinstance(self.scaled_controls, bool):
+            raise ConfigError("scaled_controls must be true or false")
+        check_arms(self.arm_list())
+        if self.md is not None and self.md.arms is not None:
+            unknown = sorted(set(self.md.arms) - set(self.arm_names()))
+            if unknown:
+                raise ConfigError(f"md.arms: the study has no arm {unknown[0]!r} (arms: "
+                                  f"{', '.join(self.arm_names())})")
         if self.uses_source() and not (self.source.model or self.source.data):
             raise ConfigError("source: give a model or data for transfer modes")
         if self.target.val_size < 1:
             raise ConfigError("target.val_size must be >= 1")
 
     def arm_list(self) -> tuple[Arm, ...]:
-        """The study's arms: `arms`, or the built-in arms of `modes`."""
-        return self.arms or tuple(builtin(str(m)) for m in self.modes)
+        """The study's arms: `arms`, or the built-in arms of `modes`, and the cutoff controls
+        of a `scaled` arm (`arms.scaled_controls`) unless `scaled_controls` is false."""
+        arms = self.arms or tuple(builtin(str(m)) for m in self.modes)
+        return arms + (scaled_controls(arms) if self.scaled_controls else ())
 
     def arm(self, name: str) -> Arm:
         """The arm called `name`; `ConfigError` if there is none."""
@@ -442,13 +513,16 @@ class RunSpec:
     val_idx: tuple[int, ...]
     lr: float | None = None
     decay: float | None = None  # lr_final / lr; None: the study's train section decides
+    settings: tuple[tuple[str, Any], ...] = ()  # train settings chosen by the search
+    fold: int | None = None  # the cross-validation fold of a search run
 
 
 def spec_from_dict(values: dict[str, Any]) -> RunSpec:
     """Inverse of `dataclasses.asdict` for a RunSpec (used in worker processes)."""
     return RunSpec(**{**values, "mode": str(values["mode"]),
                       "train_idx": tuple(values["train_idx"]),
-                      "val_idx": tuple(values["val_idx"])})
+                      "val_idx": tuple(values["val_idx"]),
+                      "settings": tuple(tuple(kv) for kv in values.get("settings", ()))})
 
 
 def config_from_dict(values: dict[str, Any]) -> StudyConfig:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import as_completed
 from dataclasses import asdict, replace
@@ -36,6 +35,14 @@ from congener.studies.config import RunSpec, StudyConfig, config_from_dict
 from congener.studies.executors import Engine, run_on_engine
 from congener.studies.preflight import preflight
 from congener.studies.ranking import measure_speeds
+from congener.studies.selection import (
+    Choices,
+    candidate_name,
+    choose,
+    chosen_kwargs,
+    plan_search,
+    selection_section,
+)
 from congener.studies.sources import load_spec
 
 RunDone = Callable[["RunSpec", dict[str, Any]], None]
@@ -113,9 +120,6 @@ def _has_temperature(structures: Sequence) -> bool:
     return all("temperature" in a.info for a in structures)
 
 
-Choices = dict[str, tuple[float, float | None]]  # arm -> (lr, decay) from the search
-
-
 def plan_runs(cfg: StudyConfig, pool: Sequence, choices: Choices | None = None
               ) -> list[RunSpec]:
     """The study's runs: learning curve (nested subsets per seed) and temperature runs."""
@@ -135,7 +139,7 @@ def plan_runs(cfg: StudyConfig, pool: Sequence, choices: Choices | None = None
             for mode in cfg.arm_names():
                 runs.append(RunSpec(f"{mode}-n{size}-s{seed}", "curve", mode, size, seed,
                                     tuple(subsets[size]), val,
-                                    *(choices or {}).get(mode, (None, None))))
+                                    **chosen_kwargs(choices, mode)))
     if cfg.temperature is not None:
         runs += _temperature_runs(cfg, pool, choices)
     return runs
@@ -162,34 +166,17 @@ def _temperature_runs(cfg: StudyConfig, pool: Sequence, choices: Choices | None
             for mode in cfg.arm_names():
                 runs.append(RunSpec(f"T{nearest:.0f}-{mode}-n{size}-s{seed}", "temperature",
                                     mode, size, seed, tuple(subsets[size]), val,
-                                    *(choices or {}).get(mode, (None, None))))
+                                    **chosen_kwargs(choices, mode)))
     return runs
 
 
 def plan_hpo(cfg: StudyConfig, pool: Sequence) -> list[RunSpec]:
-    """Search runs: one per (mode, lr[, decay]) at `hpo.size`, first seed."""
+    """Search runs (`studies.selection`): per arm, candidate and fold, at `hpo.size` on the
+    first seed's structures."""
     if cfg.hpo is None:
         return []
     probe = replace(cfg, sizes=(cfg.hpo.size,), seeds=cfg.seeds[:1], temperature=None)
-    # zero-shot arms do not train; an arm with its own learning rate keeps it
-    searched = {a.name for a in cfg.arm_list() if not a.zero_shot and "lr" not in a.train}
-    base = [r for r in plan_runs(probe, pool) if r.mode in searched]
-    decays = cfg.hpo.decay or (None,)
-    return [replace(r, name=f"hpo-{r.mode}-lr{lr:g}" + (f"-decay{d:g}" if d else ""),
-                    kind="hpo", lr=lr, decay=d)
-            for r in base for lr in cfg.hpo.lr for d in decays]
-
-
-def best_settings(results: Sequence[tuple[RunSpec, dict[str, Any]]]) -> Choices:
-    """Per mode, the (lr, decay) with the lowest validation loss among the search runs (a run
-    that never validated a finite loss counts as infinitely bad, not as an error)."""
-    best: dict[str, tuple[float, float, float | None]] = {}
-    for spec, res in results:
-        score = (res.get("val") or {}).get("val_loss", math.inf)
-        score = score if isinstance(score, int | float) and math.isfinite(score) else math.inf
-        if spec.mode not in best or score < best[spec.mode][0]:
-            best[spec.mode] = (score, float(spec.lr), spec.decay)
-    return {m: (lr, decay) for m, (_, lr, decay) in best.items()}
+    return plan_search(cfg, plan_runs(probe, pool))
 
 
 def execute(cfg: StudyConfig, study_dir: Path, specs: Sequence[RunSpec], *,
@@ -288,14 +275,18 @@ def _report_only(cfg: StudyConfig, study_dir: Path) -> tuple[Path, int]:
     from congener.studies.report import write_report
 
     check_settings(cfg, study_dir)  # a report under the study's own settings, not the defaults
-    specs = plan_runs(cfg, read_structures(study_dir / "data" / "target_pool.extxyz"))
+    pool = read_structures(study_dir / "data" / "target_pool.extxyz")
+    searched = finished(study_dir, plan_hpo(cfg, pool))
+    specs = plan_runs(cfg, pool, choose(cfg, searched) if searched else None)
     results = finished(study_dir, specs)
     source = study_dir / "source" / "metrics.json"
     src = json.loads(source.read_text()) if source.is_file() else None
     extra = "\n".join(_stages(cfg, study_dir, results, cached_only=True))
     speeds = measure_speeds(study_dir, results, cached_only=True)
     return write_report(cfg, study_dir, results, src, extra=extra,
-                        failed=failures(study_dir, specs), speeds=speeds), len(results)
+                        failed=failures(study_dir, specs), speeds=speeds,
+                        selection=selection_section(cfg, searched, cfg.target.val_size)
+                        ), len(results)
 
 
 def _stages(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict[str, Any]]],
@@ -350,15 +341,16 @@ def _run_locked(cfg: StudyConfig, study_dir: Path, log: Callable[[str], None] | 
         say(f"source model: {cfg.source.model or 'training on ' + str(cfg.source.data)}")
         source = train_source(cfg, study_dir, callback=on_epoch)
     pool = read_structures(study_dir / "data" / "target_pool.extxyz")
-    choices = None
+    choices, searched = None, []
     hpo = plan_hpo(cfg, pool)
     if hpo:
-        say(f"hyperparameter search: {len(hpo)} runs")
+        say(f"search on validation data: {len(hpo)} runs")
         if on_start:
             on_start("search", len(hpo))
-        choices = best_settings(execute(cfg, study_dir, hpo, on_done=on_done))
-        say("chosen: " + ", ".join(f"{m} lr {lr:g}" + (f" decay {d:g}" if d else "")
-                                   for m, (lr, d) in choices.items()))
+        searched = execute(cfg, study_dir, hpo, on_done=on_done)
+        choices = choose(cfg, searched)
+        say("chosen on validation: " + ", ".join(f"{m} {candidate_name(*c)}"
+                                                 for m, c in choices.items()))
     specs = plan_runs(cfg, pool, choices)
     where = (f"{cfg.workers} worker{'s' * (cfg.workers > 1)}" if cfg.executor.kind == Engine.local
              else f"on {cfg.executor.kind}")
@@ -367,11 +359,13 @@ def _run_locked(cfg: StudyConfig, study_dir: Path, log: Callable[[str], None] | 
         on_start("runs", len(specs))
     results = execute(cfg, study_dir, specs, on_done=on_done)
     failed = failures(study_dir, [*hpo, *specs])
-    write_report(cfg, study_dir, results, source, failed=failed)  # stages may take long
+    selection = selection_section(cfg, searched, cfg.target.val_size)
+    # stages may take long
+    write_report(cfg, study_dir, results, source, failed=failed, selection=selection)
     speeds = measure_speeds(study_dir, results, say)
     report = write_report(cfg, study_dir, results, source,
                           extra="\n".join(_stages(cfg, study_dir, results, say)), failed=failed,
-                          speeds=speeds)
+                          speeds=speeds, selection=selection)
     if failed:
         names = ", ".join(sorted(failed)[:5]) + (", ..." if len(failed) > 5 else "")
         raise CongenerError(f"{len(failed)} run(s) failed ({names}): {report} covers the "

@@ -103,6 +103,12 @@ def _fmt(values: list[float], digits: int) -> str:
     return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
 
 
+def validation_pick(val_f: dict[str, list[float]]) -> str | None:
+    """The arm with the lowest mean validation force MAE (arms without a finite one skip)."""
+    means = {a: float(np.mean(v)) for a, v in val_f.items() if v and np.all(np.isfinite(v))}
+    return min(means, key=lambda a: means[a]) if means else None
+
+
 def ranking_section(cfg: StudyConfig, results: Sequence[tuple[RunSpec, dict[str, Any]]],
                     speeds: dict[str, dict[str, float]]) -> list[str]:
     """Markdown lines: per size, the arms ranked by mean test force MAE (see module doc)."""
@@ -119,17 +125,23 @@ def ranking_section(cfg: StudyConfig, results: Sequence[tuple[RunSpec, dict[str,
              "energy+forces of one test structure; MD: steps/s of one trajectory (the arm's "
              "largest model, this machine, measured once per arm); stopped by: patience "
              "(validation stopped improving), cap (the converge budget's ceiling, flagged (!): "
-             "maybe not converged), budget (fixed updates) or zero-shot. The ranking reads the "
-             "test set, after every choice was made: it reports, it does not select.", ""]
+             "maybe not converged), budget (fixed updates) or zero-shot; val F: validation force "
+             "MAE (the seed's held-out structures, the same for every arm). The ranking reads "
+             "the test set, after every choice was made: it reports, it does not select. The "
+             "arm a user should take is the one the validation data pick (lowest mean val F), "
+             "named under each table.", ""]
     for size in sorted({s for s, _ in runs}):
         arms = [a for s, a in runs if s == size]
         mean_f = {a: np.mean([r["test"]["force_mae"] for r in runs[(size, a)].values()])
                   for a in arms}
         lines += [f"### {size} training structures", "",
-                  "| rank | arm | seeds | E MAE (meV/atom) | F MAE (eV/Å) | wins vs scratch "
-                  "(E, F) | train (s) | updates | stopped by | E+F (ms) | MD (steps/s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| rank | arm | seeds | E MAE (meV/atom) | F MAE (eV/Å) | val F (eV/Å) | "
+                  "wins vs scratch (E, F) | train (s) | updates | stopped by | E+F (ms) | "
+                  "MD (steps/s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         scratch = runs.get((size, "scratch"), {})
+        val_f = {a: [(r.get("val") or {}).get("val_force_mae", np.nan)
+                     for r in runs[(size, a)].values()] for a in arms}
         for rank, arm in enumerate(sorted(arms, key=lambda a: mean_f[a]), 1):
             by_seed = runs[(size, arm)]
             e = [r["test"]["energy_mae"] for r in by_seed.values()]
@@ -152,6 +164,14 @@ def ranking_section(cfg: StudyConfig, results: Sequence[tuple[RunSpec, dict[str,
             stop = ", ".join(f"{k} {stops.count(k)}/{len(stops)}" + (" (!)" if k == "cap" else "")
                              for k in dict.fromkeys(stops) if k)
             lines.append(f"| {rank} | {arm} | {len(by_seed)} | {_fmt(e, 2)} | {_fmt(f, 4)} | "
-                         f"{wins} | {secs:.0f} | {upd} | {stop} | {ef} | {md} |")
+                         f"{_fmt(val_f[arm], 4)} | {wins} | {secs:.0f} | {upd} | {stop} | {ef} | "
+                         f"{md} |")
+        pick = validation_pick(val_f)
+        if pick:
+            tests = [r["test"] for r in runs[(size, pick)].values()]
+            lines += ["", f"Validation picks **{pick}** (lowest mean validation force MAE over "
+                      f"its seeds); its test errors: E "
+                      f"{_fmt([t['energy_mae'] for t in tests], 2)} meV/atom, F "
+                      f"{_fmt([t['force_mae'] for t in tests], 4)} eV/Å."]
         lines.append("")
     return lines

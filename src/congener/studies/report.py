@@ -228,7 +228,8 @@ def write_report(cfg: StudyConfig, study_dir: Path,
                  results: Sequence[tuple[RunSpec, dict[str, Any]]],
                  source: dict[str, Any] | None = None, extra: str = "",
                  failed: dict[str, str] | None = None,
-                 speeds: dict[str, dict[str, float]] | None = None) -> Path:
+                 speeds: dict[str, dict[str, float]] | None = None,
+                 selection: Sequence[str] = ()) -> Path:
     """results.csv, learning_curves.png, temperature.png and report.md in `study_dir`."""
     table = rows(results)
     write_csv(study_dir / "results.csv", table)
@@ -243,6 +244,7 @@ def write_report(cfg: StudyConfig, study_dir: Path,
         parts += [f"Source model: validation energy MAE {v.get('val_energy_mae', float('nan')):.1f}"
                   f" meV/atom, force MAE {v.get('val_force_mae', float('nan')):.3f} eV/Å "
                   f"({source.get('n_train')} structures, {source.get('seconds', 0):.0f} s).", ""]
+    parts += list(selection)
     if stats:
         plot_learning_curves(stats, study_dir / "learning_curves.png")
         parts += ["## Learning curve (test set, mean ± std over seeds)", "",

@@ -90,7 +90,7 @@ def _initial_model(cfg: StudyConfig, arm: Arm, study_dir: Path, elements: list[s
                    ) -> tuple[Potential, dict[str, Any]]:
     """The run's starting model and what was done to it (frozen names, lr scales, scales)."""
     torch.manual_seed(seed)
-    if arm.start == "scratch":
+    if arm.start == "scratch" and arm.cutoff is None:
         return build_potential(elements, cfg.model), {}
     if arm.outside_start:  # a foundation model or a checkpoint, narrowed to the target
         potential = start_from(load_source(arm.start), None, elements)
@@ -100,13 +100,25 @@ def _initial_model(cfg: StudyConfig, arm: Arm, study_dir: Path, elements: list[s
     if arm.start == "frozen":
         soft = arm.soft_freeze if arm.soft_freeze is not None else cfg.soft_freeze
         return potential, _freezing(potential, arm.freeze or cfg.freeze, soft)
-    if arm.start == "scaled":  # fitted to this run's training forces only
+    if arm.start == "scaled" or arm.scaled_cutoff:  # fitted to this run's training forces only
         # a resumed run keeps the scales it started from (see `stored_scales`)
         resumed = (run_dir / "last.pt").is_file()
         found = (stored_scales(run_dir / "config.json") if resumed else None) \
             or check_on_validation(potential, fit_scales(potential, train), val)
-        return scale_potential(potential, *found.applied), {"scales": asdict(found)}
-    return potential, {}
+        length, energy = found.applied
+        if arm.start == "scaled":
+            return scale_potential(potential, length, energy), {"scales": asdict(found)}
+        cutoff = potential.cutoff / length  # a control at the scaled start's cutoff
+        start = {"scales": asdict(found), "cutoff": cutoff}
+    else:
+        cutoff = arm.cutoff or potential.cutoff
+        start = {"cutoff": cutoff} if arm.cutoff else {}
+    if arm.start == "scratch":
+        torch.manual_seed(seed)  # the same initial weights as at the study's cutoff
+        return build_potential(elements, replace(cfg.model, cutoff=cutoff)), start
+    # transfer at another cutoff: DimeNet++ sees d / cutoff, so this is the source with its
+    # distances scaled by cutoff_source / cutoff (no energy scale)
+    return scale_potential(potential, potential.cutoff / cutoff, 1.0), start
 
 
 def _freezing(potential: Potential, parts: tuple[str, ...] | None, soft: float | None
@@ -128,32 +140,34 @@ def arm_config(tcfg: TrainConfig, arm: Arm) -> TrainConfig:
 
 
 def run_config(cfg: StudyConfig, size: int, seed: int, lr: float | None, threads: int,
-               decay: float | None = None) -> TrainConfig:
+               decay: float | None = None, settings: tuple = ()) -> TrainConfig:
     """The training configuration of one run: the study's base with a size-scaled budget,
-    its learning rate and decay (lr_final / lr) when chosen by the search."""
+    its learning rate, decay (lr_final / lr) and other train settings when chosen by the
+    search."""
     bs = cfg.train.batch_size
     lr = lr or cfg.train.lr
     decay = decay or cfg.train.lr_final / cfg.train.lr
     patience = cfg.budget.patience(size, bs) or cfg.train.patience
-    return replace(cfg.train, seed=seed, epochs=cfg.budget.epochs(size, bs), threads=threads,
-                   lr=lr, lr_final=lr * decay, patience=patience,
-                   val_every=cfg.budget.val_every(size, bs))
+    return replace(cfg.train, **dict(settings), seed=seed,
+                   epochs=cfg.budget.epochs(size, bs), threads=threads, lr=lr,
+                   lr_final=lr * decay, patience=patience, val_every=cfg.budget.val_every(size, bs))
 
 
 def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
             threads: int = 0) -> dict[str, Any]:
-    """Train one run, evaluate it on the test set, write and return its metrics."""
+    """Train one run, evaluate it on the test set (not a search run: choices are made on
+    validation data), write and return its metrics."""
     root = Path(study_dir)
     cfg, spec = config_from_dict(cfg_dict), spec_from_dict(spec_dict)
     run_dir = root / "runs" / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "failed.json").unlink(missing_ok=True)  # a retry of a failed run
     pool = read_structures(root / "data" / "target_pool.extxyz")
-    test = read_structures(root / "data" / "target_test.extxyz")
     train = [pool[k] for k in spec.train_idx]
     val = [pool[k] for k in spec.val_idx]
     arm = cfg.arm(spec.mode)
-    tcfg = arm_config(run_config(cfg, spec.size, spec.seed, spec.lr, threads, spec.decay), arm)
+    tcfg = arm_config(run_config(cfg, spec.size, spec.seed, spec.lr, threads, spec.decay,
+                                 spec.settings), arm)
     set_threads(threads or None)  # the start (a scale fit) runs on the run's share of cores
     potential, start = _initial_model(cfg, arm, root, elements_of(pool), spec.seed, train,
                                       run_dir, val)
@@ -172,17 +186,23 @@ def run_one(study_dir: str, cfg_dict: dict[str, Any], spec_dict: dict[str, Any],
     else:
         result = fit(potential, tset, vset, tcfg, run_dir=run_dir,
                      lr_scales=start.get("lr_scales"), metadata=meta)
-    ev = evaluate(potential, LabelledSet(test, cutoff, name="test set"))
-    res = {"run": asdict(spec) | {"mode": str(spec.mode)}, "test": metrics(ev),
+    res = {"run": asdict(spec) | {"mode": str(spec.mode)},
            "val": result.best_val, "epochs": len(result.history), "seconds": result.seconds,
            "updates": len(result.history) * math.ceil(len(train) / tcfg.batch_size),
            "stopped": _stopped(arm, result, tcfg, cfg),
-           "family": potential.network.family,
-           "by_temperature": breakdown(ev, "temperature"),
-           "per_structure_force_mae": force_mae_per_structure(ev).tolist(),
-           "temperatures": np.nan_to_num(ev.temperatures, nan=-1).tolist()}
-    if "scales" in start:
+           "family": potential.network.family}
+    if spec.kind != "hpo":  # the test set is read once, after every choice was made
+        test = read_structures(root / "data" / "target_test.extxyz")
+        ev = evaluate(potential, LabelledSet(test, cutoff, name="test set"))
+        res |= {"test": metrics(ev), "by_temperature": breakdown(ev, "temperature"),
+                "per_structure_force_mae": force_mae_per_structure(ev).tolist(),
+                "temperatures": np.nan_to_num(ev.temperatures, nan=-1).tolist()}
+    if arm.start == "scaled":
         res["scales"] = start["scales"]
+    elif "cutoff" in start:  # a control: the cutoff it ran at (and the scales behind it)
+        res["cutoff"] = start["cutoff"]
+        if "scales" in start:
+            res["cutoff_from_scales"] = start["scales"]
     write_json(run_dir / "metrics.json", res)
     return res
 

@@ -156,7 +156,8 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
     stage = cfg.md
     out = study_dir / "validation" / "md"
     out.mkdir(parents=True, exist_ok=True)
-    chosen = [s for s, _ in results if s.kind == "curve" and s.size in stage.sizes]
+    chosen = [s for s, _ in results if s.kind == "curve" and s.size in stage.sizes
+              and (stage.arms is None or s.mode in stage.arms)]
     start = _start_structure(study_dir)
     records, frames_by_key = [], {}
     for k, spec in enumerate(chosen):
@@ -169,10 +170,13 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
                 log(f"MD {k + 1}/{len(chosen)}: {spec.name}, {stage.trajectories} trajectories, "
                     f"{stage.steps} steps")
             potential = load_potential(_model(study_dir, spec))
+            # a long protocol runs over several sittings: a crash loses at most one interval
             res = run_md(potential, [start] * stage.trajectories,
                          temperature_K=stage.temperature_K, timestep_fs=stage.timestep_fs,
                          steps=stage.steps, friction_per_ps=stage.friction_per_ps,
-                         seed=spec.seed, sample_every=stage.sample_every)
+                         seed=spec.seed, sample_every=stage.sample_every,
+                         checkpoint=out / f"{spec.name}.ckpt",
+                         checkpoint_every=stage.checkpoint_every)
             frames = [[f.positions.tolist() for f in t.frames(stage.steps // 2)]
                       for t in res.trajectories if t.stable]
             summary = stability_summary(res)
@@ -180,6 +184,7 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
                      "records": [asdict(r) for r in stability_records(
                          res, mode=str(spec.mode), size=spec.size)]}
             write_json(path, saved, indent=None)  # frames: compact
+            (out / f"{spec.name}.ckpt").unlink(missing_ok=True)  # the result holds it all
         records += [_record(r) for r in saved["records"]]
         key = f"{spec.mode}, {spec.size}"
         frames_by_key.setdefault(key, []).extend(
