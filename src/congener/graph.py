@@ -81,10 +81,9 @@ class Graph:
 
     def triplets(self) -> tuple[Tensor, Tensor]:
         """The triplets as (triplet_kj, triplet_ji) edge indices [T] (see `triplets`)."""
-        kj, ji = triplets(self.edge_index.cpu().numpy(), self.edge_reverse.cpu().numpy(),
-                          self.positions.shape[0])
-        dev = self.edge_index.device
-        return torch.from_numpy(kj).to(dev), torch.from_numpy(ji).to(dev)
+        from congener.graph_device import triplets_torch  # on the graph's device
+
+        return triplets_torch(self.edge_index, self.edge_reverse, self.positions.shape[0])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
            ) -> Graph:

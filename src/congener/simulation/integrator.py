@@ -132,10 +132,21 @@ def prune_graph(graph: Graph, cutoff: float) -> tuple[Graph, Tensor]:
     return pruned, dist[keep]
 
 
+# Where MD rebuilds its neighbour graph: "auto" builds it on the positions' device when that is
+# not the CPU (congener.graph_device: no copy of the positions to the host), and through
+# ase.Atoms and vesin's numpy interface on the CPU; "device" always takes the device path.
+GRAPH_PATH = "auto"
+
+
 def _build(state_like: MDState, positions: Tensor, dtype: torch.dtype) -> Graph:
     """Graph of all systems at `positions` with cutoff + skin (non-finite rows kept at the
     last reference positions, so that a diverged system cannot break the neighbour list)."""
     pos = torch.where(torch.isfinite(positions), positions, state_like.reference)
+    if GRAPH_PATH == "device" or pos.device.type != "cpu":
+        from congener.graph_device import device_graph
+
+        return device_graph(pos.detach().to(dtype), state_like.species, state_like.cell,
+                            state_like.n_atoms, state_like.cutoff + state_like.skin)
     pos_np, cells = pos.detach().cpu().numpy(), state_like.cell.cpu().numpy()
     ptr = np.concatenate([[0], np.cumsum(state_like.n_atoms.cpu().numpy())])
     species = state_like.species.cpu().numpy()
