@@ -6,6 +6,11 @@ Usage:
     python benchmarks/accuracy_si.py --mode energy --init bench-runs/si-forces/model.pt \
         --epochs 50 --lr 5e-4 --lr-final 1e-5 -o bench-runs/si-two-stage
     python benchmarks/accuracy_si.py --mode forces --model hidden=64,out_emb=128,int_emb=32 ...
+    python benchmarks/accuracy_si.py --stages benchmarks/stages/si_chain.yaml -o bench-runs/si-chain
+
+With --stages, a chain of stages (training.stages) whose stopping stage the validation set
+chooses; the test set is read once, after the choice (the options above give the base settings
+that each stage overrides).
 
 Trains on training.json (minus a validation subset), evaluates test.json and prints a
 markdown row with test MAE/RMSE, per-group errors, and the wall time. Reads the data from
@@ -69,6 +74,8 @@ def main() -> None:
                         help="Intra-op threads (default: all cores; 1 to run two side by side)")
     parser.add_argument("--init", default=None,
                         help="Start from this checkpoint (two-stage: force-only, then energy)")
+    parser.add_argument("--stages", default=None,
+                        help="YAML of a stage chain (training.stages): stop chosen on validation")
     parser.add_argument("-o", "--output", default=None)
     args = parser.parse_args()
     if args.init and args.model:
@@ -89,6 +96,9 @@ def main() -> None:
            else build_potential([args.element], model_config(args.cutoff, args.model)))
     tset, vset = LabelledSet(train, args.cutoff), LabelledSet(val, args.cutoff)
     start = time.perf_counter()
+    if args.stages:
+        _chain(pot, tset, vset, cfg, out, args, splits["test"], start)
+        return
     result = fit(pot, tset, vset, cfg, run_dir=out,
                  callback=lambda r: print(f"epoch {r['epoch']:4d} loss {r['train_loss']:.4g} "
                                           f"val E {r['val_energy_mae']:.2f} meV/atom "
@@ -103,6 +113,27 @@ def main() -> None:
           f"{(time.perf_counter() - start) / 60:.1f}) |")
     for g, gm in groups.items():
         print(f"  {g:>10}: E MAE {gm['energy_mae']:.2f} meV/atom, F MAE {gm['force_mae']:.4f}")
+
+
+def _chain(pot, tset, vset, cfg, out, args, test, start) -> None:
+    """Train the stage chain of `args.stages`, then read the test set once."""
+    from congener.training.stages import read_stages, train_stages
+
+    stages, metric, patience = read_stages(args.stages, cfg)
+    result = train_stages(pot, tset, vset, stages, out, metric=metric, patience=patience,
+                          on_stage=lambda k, r: print(
+                              f"stage {k}: {r['epochs']} epochs, val E {r['val_energy_mae']:.2f}"
+                              f" meV/atom F {r['val_force_mae']:.4f} eV/Å", flush=True))
+    ev = evaluate(pot, test)
+    m = metrics(ev)
+    (out / "test_metrics.json").write_text(json.dumps(
+        {"all": m, **breakdown(ev, "group"), "chosen_stage": result.chosen,
+         "stages_run": len(result.stages), "metric": metric}, indent=2))
+    print(f"\nchosen on validation ({metric}): stage {result.chosen} of {len(result.stages)} "
+          f"run ({result.stopped_by})")
+    print(f"| {args.element} chain | {len(tset)} | stage {result.chosen} | "
+          f"{m['energy_mae']:.2f} | {m['energy_rmse']:.2f} | {m['force_mae']:.4f} | "
+          f"{m['force_rmse']:.4f} | {(time.perf_counter() - start) / 60:.1f} min this call |")
 
 
 if __name__ == "__main__":
