@@ -389,6 +389,7 @@ def test_scaled_arm_brings_its_cutoff_controls(files, tmp_path):
     val_f = {arm: json.loads((runs / f"{arm}-n2-s0" / "metrics.json").read_text())["val"]
              ["val_force_mae"] for arm in cfg.arm_names()}
     assert f"Validation picks **{min(val_f, key=val_f.get)}**" in report
+
     # the starts themselves, on the run's structures
     pool = read_structures(study / "data" / "target_pool.extxyz")
     spec = next(r for r in plan_runs(cfg, pool) if r.name == "scaled-n2-s0")
@@ -405,6 +406,16 @@ def test_scaled_arm_brings_its_cutoff_controls(files, tmp_path):
         values = tiny_values(files)
         values.pop("modes")
         study_config({**values, "arms": [{"name": "x", "start": "frozen", "cutoff": 5.0}]})
+
+
+def test_validation_pick_by_force_or_balanced():
+    from congener.studies.ranking import validation_pick
+
+    val_f = {"a": [0.10, 0.12], "b": [0.12, 0.12], "c": [0.05, float("nan")]}
+    val_e = {"a": [10.0, 10.0], "b": [4.0, 6.0], "c": [1.0, 1.0]}
+    assert validation_pick(val_f) == "a"  # c has a seed without a finite value
+    # balanced: a 1 + 11/5 = 3.2 (rounded), b 1.09 + 1 = 2.09: b
+    assert validation_pick(val_f, val_e) == "b"
 
 
 def test_arms_compare_scratch_a_family_checkpoint_zero_shot_and_frozen(files, tmp_path):
