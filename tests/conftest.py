@@ -86,3 +86,17 @@ def invoke(capsys):
         code = main([str(a) for a in args])
         return Result(code, *capsys.readouterr())
     return run
+
+
+def numpy_triplets(edge_index: np.ndarray, edge_reverse: np.ndarray, n_atoms: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """An independent numpy listing of the (kj, ji) triplets (edges sorted by centre): the
+    reference for `congener.graph.triplet_indices`, which lists them with torch."""
+    centre, neighbour = edge_index
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(centre, minlength=n_atoms))])
+    n_kj = ptr[neighbour + 1] - ptr[neighbour]
+    ji = np.repeat(np.arange(centre.size), n_kj)
+    offset = np.arange(ji.size) - np.repeat(np.cumsum(n_kj) - n_kj, n_kj)
+    kj = np.repeat(ptr[neighbour], n_kj) + offset
+    same = kj == edge_reverse[ji]
+    return kj[~same].astype(np.int64), ji[~same].astype(np.int64)

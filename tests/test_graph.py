@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from congener.errors import DataError
-from congener.graph import build_graph, neighbour_list, reverse_edges, symmetric_edges, triplets
+from congener.graph import build_graph, neighbour_list, reverse_edges, symmetric_edges
 from congener.models.triplets import Triplets
+from tests.conftest import numpy_triplets as triplets
 from tests.conftest import rattled_diamond
 
 

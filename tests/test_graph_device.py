@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import congener.simulation.integrator as integrator
-from congener.graph import build_graph, triplets
-from congener.graph_device import device_graph, triplets_torch
+from congener.graph import build_graph
+from congener.graph import triplet_indices as triplets_torch
+from congener.graph_device import device_graph
 from congener.simulation.md import run_md
+from tests.conftest import numpy_triplets as triplets
 from tests.conftest import rattled_diamond, small_potential
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -80,10 +80,8 @@ class Graph:
         return int((degree.index_select(0, self.edge_index[1]) - 1).sum())
 
     def triplets(self) -> tuple[Tensor, Tensor]:
-        """The triplets as (triplet_kj, triplet_ji) edge indices [T] (see `triplets`)."""
-        from congener.graph_device import triplets_torch  # on the graph's device
-
-        return triplets_torch(self.edge_index, self.edge_reverse, self.positions.shape[0])
+        """The triplets as (triplet_kj, triplet_ji) edge indices [T] (see `triplet_indices`)."""
+        return triplet_indices(self.edge_index, self.edge_reverse, self.positions.shape[0])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
            ) -> Graph:
@@ -156,28 +154,34 @@ def _box(cell: np.ndarray, periodic: np.ndarray, points: np.ndarray, cutoff: flo
 
 def reverse_edges(edge_index: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """Index of the reverse edge (j, i, -S) of every edge (i, j, S), or -1 where it is absent
-    [E]. Edges are matched on integer keys (atom pair and image shift) by sorting."""
-    i, j = edge_index
-    if i.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    s = np.rint(shifts).astype(np.int64)
-    n = int(max(i.max(), j.max())) + 1
-    reach = int(np.abs(s).max())
+    [E] (host arrays; the pairing itself is `reverse_edges_torch`)."""
+    i, j = torch.from_numpy(np.ascontiguousarray(edge_index, dtype=np.int64))
+    s = torch.from_numpy(np.rint(shifts).astype(np.int64))
+    n = int(max(i.max(), j.max())) + 1 if i.numel() else 0
+    return reverse_edges_torch(i, j, s, n).numpy()
+
+
+def reverse_edges_torch(i: Tensor, j: Tensor, s: Tensor, n: int) -> Tensor:
+    """Index of the reverse edge (j, i, -S) of every edge (i, j, S) [E], or -1, on the edges'
+    device: edges are matched on integer keys (atom pair and image shift) by sorting. `s`:
+    integer shifts; `n`: more than the largest atom index."""
+    if i.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=i.device)
+    reach = int(s.abs().max())
     span = 2 * reach + 1
     if n * n * span**3 >= 2**62:  # ~10^8 atoms, or images thousands of cells away
         raise DataError(f"graph too large to pair its edges ({n} atoms, images up to {reach} "
                         "cells away)")
 
-    def key(a: np.ndarray, b: np.ndarray, sh: np.ndarray) -> np.ndarray:
+    def key(a: Tensor, b: Tensor, sh: Tensor) -> Tensor:
         image = ((sh[:, 0] + reach) * span + sh[:, 1] + reach) * span + sh[:, 2] + reach
         return (a * n + b) * span**3 + image
 
-    forward = key(i, j, s)
-    order = np.argsort(forward, kind="stable")
-    ranked = forward[order]
+    ranked, order = torch.sort(key(i, j, s), stable=True)
     wanted = key(j, i, -s)
-    pos = np.minimum(np.searchsorted(ranked, wanted), ranked.size - 1)
-    return np.where(ranked[pos] == wanted, order[pos], -1).astype(np.int64)
+    pos = torch.searchsorted(ranked, wanted).clamp_max_(ranked.numel() - 1)
+    found = ranked.index_select(0, pos) == wanted
+    return torch.where(found, order.index_select(0, pos), torch.full_like(pos, -1))
 
 
 def symmetric_edges(edge_index: np.ndarray, shifts: np.ndarray
@@ -195,22 +199,26 @@ def symmetric_edges(edge_index: np.ndarray, shifts: np.ndarray
     return edge_index[:, keep], shifts[keep], new_index[reverse[keep]]
 
 
-def triplets(edge_index: np.ndarray, edge_reverse: np.ndarray, n_atoms: int
-             ) -> tuple[np.ndarray, np.ndarray]:
+def triplet_indices(edge_index: Tensor, edge_reverse: Tensor, n_atoms: int
+                    ) -> tuple[Tensor, Tensor]:
     """All (kj, ji) edge pairs sharing atom j with k != i (atom and image): for each edge
-    ji, every edge centred on j except the reverse of ji.
+    ji, every edge centred on j except the reverse of ji, on the edges' device.
 
     `edge_index` must be sorted by centre atom. Returns (triplet_kj, triplet_ji), each [T].
     """
-    centre, neighbour = edge_index
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(centre, minlength=n_atoms))])
-    n_kj = ptr[neighbour + 1] - ptr[neighbour]  # edges centred on j, for each edge ji
-    ji = np.repeat(np.arange(centre.size), n_kj)
-    start = np.repeat(ptr[neighbour], n_kj)
-    offset = np.arange(ji.size) - np.repeat(np.cumsum(n_kj) - n_kj, n_kj)
-    kj = start + offset
-    same = kj == edge_reverse[ji]
-    return kj[~same].astype(np.int64), ji[~same].astype(np.int64)
+    centre, neighbour = edge_index[0], edge_index[1]
+    dev = centre.device
+    degree = torch.bincount(centre, minlength=n_atoms)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.cumsum(degree, 0)])
+    n_kj = degree.index_select(0, neighbour)  # edges centred on j, for each edge ji
+    total = int(n_kj.sum())  # the triplet count: one read
+    ji = torch.repeat_interleave(torch.arange(centre.numel(), device=dev), n_kj,
+                                 output_size=total)
+    start = torch.repeat_interleave(ptr.index_select(0, neighbour), n_kj, output_size=total)
+    first = torch.repeat_interleave(torch.cumsum(n_kj, 0) - n_kj, n_kj, output_size=total)
+    kj = start + torch.arange(total, device=dev) - first
+    keep = kj != edge_reverse.index_select(0, ji)
+    return kj[keep], ji[keep]
 
 
 def _single(atoms: Atoms, cutoff: float) -> _Single:

@@ -11,7 +11,7 @@ from congener.bounds import check_float, check_floats, check_int, check_ints
 from congener.errors import ConfigError
 from congener.simulation.md import MAX_TEMPERATURE_K
 from congener.simulation.md import check_settings as check_md_settings
-from congener.training.config import TrainConfig, from_dict
+from congener.training.config import LOSS_SHAPE, TrainConfig, from_dict
 
 RUN_KINDS = ("curve", "temperature", "hpo")  # RunSpec.kind
 
@@ -170,7 +170,7 @@ class HPOSpec:
         if self.metric not in HPO_METRICS:
             raise ConfigError(f"hpo.metric must be one of {', '.join(HPO_METRICS)} "
                               f"(got {self.metric!r})")
-        weights = sorted(set(grid) & _LOSS_SHAPE)
+        weights = sorted(set(grid) & set(LOSS_SHAPE))
         if self.metric == "val_loss" and weights:
             raise ConfigError(f"hpo.grid varies {weights[0]}: validation losses of different "
                               "loss weights are not comparable; give hpo.metric balanced, "
@@ -189,7 +189,6 @@ class HPOSpec:
 
 
 HPO_METRICS = ("val_loss", "val_force_mae", "val_energy_mae", "balanced")
-_LOSS_SHAPE = {"energy_weight", "force_weight", "stress_weight", "loss", "huber_delta"}
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def selection_section(cfg: StudyConfig, results: Sequence[tuple[RunSpec, dict[st
     how = (f"{h.folds}-fold cross-validation over the first seed's {h.size} training and "
            f"{n_val} validation structures (each judged once; score: the mean over folds)"
            if h.folds else f"the first seed's {n_val} held-out validation structures")
-    controls = {a: controlled(cfg, a) for a in cfg.arm_names() if controlled(cfg, a)}
+    controls = {a: b for a in cfg.arm_names() if (b := controlled(cfg, a))}
     lines += [f"Every choice below was made at {h.size} training structures on {how}, by "
               f"`{h.metric}`; search runs never read the test set. Each learning-curve run "
               "takes its arm's choice, keeps its epoch of lowest validation loss and reads the "

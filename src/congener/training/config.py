@@ -10,6 +10,9 @@ from congener.bounds import check_float, check_int, check_seed
 from congener.errors import ConfigError, first_line
 
 LOSSES = ("mse", "huber")  # TrainConfig.loss: the paper's squared errors, or Huber terms
+# the settings that shape the loss: validation losses under different values of these are not
+# comparable (training.stages, the study's search)
+LOSS_SHAPE = ("energy_weight", "force_weight", "stress_weight", "loss", "huber_delta")
 REFS = ("refit", "train", "keep")  # TrainConfig.refs: what happens to the reference energies
 
 

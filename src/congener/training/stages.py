@@ -24,12 +24,11 @@ from congener import files
 from congener.errors import ConfigError
 from congener.models.checkpoint import load_potential, save_potential
 from congener.models.potential import Potential
-from congener.training.config import TrainConfig
+from congener.training.config import LOSS_SHAPE, TrainConfig
 from congener.training.data import LabelledSet
 from congener.training.trainer import Callback, fit, validate
 
 METRICS = ("val_loss", "val_force_mae", "val_energy_mae")
-_LOSS_SHAPE = ("energy_weight", "force_weight", "stress_weight", "loss", "huber_delta")
 
 
 @dataclass
@@ -56,7 +55,7 @@ def check_stages(stages: Sequence[TrainConfig], metric: str, patience: int) -> N
     if patience < 1:
         raise ConfigError(f"stages: patience must be >= 1 (got {patience})")
     if metric == "val_loss":
-        shapes = {tuple(getattr(s, k) for k in _LOSS_SHAPE) for s in stages}
+        shapes = {tuple(getattr(s, k) for k in LOSS_SHAPE) for s in stages}
         if len(shapes) > 1:
             raise ConfigError("stages: the loss weights differ between stages, so their "
                               "validation losses are not comparable; give metric "
