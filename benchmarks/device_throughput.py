@@ -10,7 +10,13 @@ DimeNet++ at cutoff 4.3 Å (float32):
 On the CPU the same script runs (use small `--md-steps` / `--train-steps`); compare devices
 only within one run or on the same machine.
 
-    .venv/bin/python benchmarks/device_throughput.py [--device cuda] [--md-steps 50]
+`--path` picks the code path: `host` (graphs built through numpy, pruned to the cutoff every
+MD step, data-dependent branches: the CPU's default), `device` (graphs built on the device,
+the skin graph laid out once per build, branch-free model code: the default on a GPU), `auto`
+(whichever the device defaults to) or `both` (each in turn, E+F and MD, in one run: their
+ratio on this device).
+
+    .venv/bin/python benchmarks/device_throughput.py [--device cuda] [--md-steps 50] [--path both]
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import ase.build
 import numpy as np
 import torch
 
+import congener.runtime as runtime
+import congener.simulation.integrator as integrator
 from congener.data.structures import label
 from congener.graph import build_graph
 from congener.models.checkpoint import build_potential
@@ -48,8 +56,19 @@ def _cells(n: int, seed: int = 0) -> list:
     return out
 
 
+def use_path(path: str) -> None:
+    """Select MD's graph building and pruning and the model's branches (module doc)."""
+    settings = {"auto": ("auto", "auto", None), "host": ("host", "always", False),
+                "device": ("device", "never", True)}[path]
+    integrator.GRAPH_PATH, integrator.PRUNE, runtime.SYNC_FREE = settings
+
+
 def energy_forces_ms(potential, device: torch.device, reps: int) -> float:
+    """Median ms per energy+forces call of one 64-atom cell (prepared once, as MD does on the
+    device path)."""
     graph = build_graph(_cells(1)[0], potential.cutoff).to(device, torch.float32)
+    if runtime.sync_free(graph.positions):
+        potential.prepare(graph)
     times = []
     for k in range(reps + 2):
         _sync(device)
@@ -97,6 +116,8 @@ def main() -> None:
     parser.add_argument("--md-steps", type=int, default=50)
     parser.add_argument("--batches", default="1,4,16,64,256")
     parser.add_argument("--train-steps", type=int, default=10, help="updates per epoch")
+    parser.add_argument("--path", choices=["auto", "host", "device", "both"], default="auto")
+    parser.add_argument("--no-training", action="store_true", help="skip the training figures")
     args = parser.parse_args()
     tune_allocator()
     device = resolve_device(args.device)
@@ -105,11 +126,16 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} "
           "threads; DimeNet++ default sizes, cutoff 4.3 Å, float32; 64-atom Ge cells")
-    print(f"energy+forces, one structure: {energy_forces_ms(potential, device, args.reps):.2f} ms")
     batches = [int(b) for b in args.batches.split(",")]
-    for n, rate in md_throughput(potential, device, batches, args.md_steps).items():
-        print(f"MD, {n:4d} trajectories: {rate:9.1f} system-steps/s")
-    for batch in (8, 32):
+    paths = ["host", "device"] if args.path == "both" else [args.path]
+    for path in paths:
+        use_path(path)
+        ms = energy_forces_ms(potential, device, args.reps)
+        print(f"[{path} path] energy+forces, one structure: {ms:.2f} ms")
+        for n, rate in md_throughput(potential, device, batches, args.md_steps).items():
+            print(f"[{path} path] MD, {n:4d} trajectories: {rate:9.1f} system-steps/s")
+    use_path("auto")
+    for batch in () if args.no_training else (8, 32):
         rate = training_throughput(device, batch, args.train_steps)
         print(f"training, batch {batch:2d}: {rate:7.1f} structures/s")
 

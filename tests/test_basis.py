@@ -57,7 +57,7 @@ def test_radial_basis_values_and_derivatives():
 def _angular(sbf: SphericalBasis):
     def f(cos: torch.Tensor) -> torch.Tensor:
         mask = torch.ones_like(cos)
-        return AngularDerivative.apply(cos, 0, AngularState(cos, mask, sbf.ynorm))
+        return AngularDerivative.apply(cos, 0, AngularState(cos, mask, sbf.ynorm, sbf.ynorm_values))
     return f
 
 
@@ -98,7 +98,7 @@ def test_angular_basis_clamps_rounding_beyond_one_with_zero_derivatives():
     # any order there, while the other entries keep theirs
     ynorm = SphericalBasis(5, 3, cutoff=4.0).ynorm
     cos = torch.tensor([[[1 + 1e-9, 0.3], [0.3, -1 - 1e-9]]], dtype=torch.float64)
-    state = AngularState(cos, torch.ones_like(cos), ynorm)
+    state = AngularState(cos, torch.ones_like(cos), ynorm, ynorm.tolist())
     np.testing.assert_allclose(state.derivative(0)[0, 0, :, 0].numpy(), ynorm.numpy())
     np.testing.assert_allclose(state.derivative(0)[0, 1, :, 1].numpy(),
                                (ynorm * (-1.0) ** torch.arange(5)).numpy())

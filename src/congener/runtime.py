@@ -64,3 +64,15 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in table:
         raise ConfigError(f"dtype must be float32 or float64 (got {name!r})")
     return table[name]
+
+
+# Whether model code avoids data-dependent branches that read a device tensor on the host.
+# None: avoid them on accelerators (where each read waits for the device queue), keep them on
+# the CPU (where a read is free and the branch skips work). Tests set True or False to run
+# either path anywhere.
+SYNC_FREE: bool | None = None
+
+
+def sync_free(tensor: torch.Tensor) -> bool:
+    """True if code handling `tensor` should avoid host reads of device values (`SYNC_FREE`)."""
+    return tensor.device.type != "cpu" if SYNC_FREE is None else SYNC_FREE

@@ -13,6 +13,8 @@ import torch
 from scipy import optimize, special
 from torch import Tensor, nn
 
+from congener.runtime import sync_free
+
 
 def envelope(x: Tensor, exponent: int = 5) -> Tensor:
     """Polynomial envelope u(x) of DimeNet (smooth cutoff, u(1)=u'(1)=u''(1)=0), times 1/x.
@@ -158,7 +160,9 @@ class _RadialState:
             k[1][2] if n == 1 else k[n][1] for n in range(1, n_l - 1)]
         jm1 = torch.stack(below).mul_(basis.signs_below)  # j_{l-1}(y_l)
         jd = torch.addcmul(jm1, r * basis.l_plus_1, j, value=-1.0)
-        if x.numel() and float(x.min()) < basis.series_below:
+        if sync_free(x):  # no host read: the series everywhere, kept where y is small
+            self._series_everywhere(j, jd)
+        elif x.numel() and float(x.min()) < basis.series_below:
             flat = (y < basis.thresholds).view(-1).nonzero().squeeze(1)
             ys = y.view(-1).index_select(0, flat)
             row = flat.div(y.shape[1] * y.shape[2], rounding_mode="floor")
@@ -173,6 +177,23 @@ class _RadialState:
             jd.view(-1).scatter_(0, flat, dseries)
         self.j = [j, jd]  # d^m j_l / dy^m
         self.env: dict[int, Tensor] = {}
+
+    def _series_everywhere(self, j: Tensor, jd: Tensor) -> None:
+        """The power-series branch without a host read (accelerators): the series of every
+        entry, written into `j` and `jd` where y is below the threshold (eight passes over
+        [L, R, E] instead of a gather of the few small entries)."""
+        basis, y = self.basis, self.y
+        small = y < basis.thresholds
+        ys = torch.where(small, y, torch.ones_like(y))  # large y: any finite stand-in
+        order = torch.arange(y.shape[0], device=y.device, dtype=y.dtype).view(-1, 1, 1)
+        term = ys.pow(order) / basis.double_factorials.view(-1, 1, 1)
+        series, dseries = term.clone(), term * order / ys
+        for m in range(7):
+            term = term * (-0.5 * ys * ys) / ((m + 1) * (2 * order + 2 * m + 3))
+            series += term
+            dseries += term * (order + 2 * m + 2) / ys
+        j.copy_(torch.where(small, series, j))
+        jd.copy_(torch.where(small, dseries, jd))
 
     def j_derivative(self, m: int) -> Tensor:
         while len(self.j) <= m:
@@ -244,6 +265,7 @@ class SphericalBasis(nn.Module):
         self.register_buffer("zeros", torch.tensor(zeros, dtype=torch.float64))
         self.register_buffer("norm", torch.tensor(norm, dtype=torch.float64))
         self.register_buffer("ynorm", torch.tensor(ynorm, dtype=torch.float64))
+        self.ynorm_values: list[float] = ynorm.tolist()  # host copy: no device read per call
         ls = np.arange(num_spherical)
         # constants of the radial evaluation (not saved in checkpoints)
         thresholds = np.maximum(0.5, ls / 2)

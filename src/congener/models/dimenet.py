@@ -259,6 +259,26 @@ class DimeNetPP(Network):
         """Per-atom energies [N] for the given (differentiable) positions [N,3] and cell [B,3,3]."""
         return self.run(graph, positions, cell)[0]
 
+    def prepare(self, graph: Graph) -> None:
+        """Lay out `graph`'s triplets now (the host reads of degrees and sizes happen here) and
+        keep the layout for every later pass over the same edges: a pass over a graph whose
+        `edge_index` and `edge_reverse` are these very tensors (MD between neighbour-list
+        builds) reuses it and reads nothing from the device."""
+        n = graph.positions.shape[0]
+        self._layout = (graph.edge_index, graph.edge_reverse, n, Triplets(graph, n))
+
+    def _triplets(self, graph: Graph, n: int) -> Triplets:
+        """The prepared layout when `graph` has the prepared edges, else a new one."""
+        kept = getattr(self, "_layout", None)
+        if kept is not None and kept[0] is graph.edge_index and kept[1] is graph.edge_reverse \
+                and kept[2] == n:
+            return kept[3].reuse()
+        return Triplets(graph, n)
+
+    def _apply(self, fn, recurse: bool = True):  # nn.Module's signature
+        self._layout = None  # a layout lives on the device it was made on
+        return super()._apply(fn, recurse)
+
     def energy_gradient(self, graph: Graph, positions: Tensor, cell: Tensor
                         ) -> tuple[Tensor, Tensor, Tensor]:
         """Atomic energies [N], edge vectors [E, 3] and d(total energy)/d(edge vectors)
@@ -274,8 +294,8 @@ class DimeNetPP(Network):
         vec = graph.edge_vectors(positions, cell)  # [E,3], x_j - x_i
         dist = vec.norm(dim=-1)
         unit = vec / dist.unsqueeze(-1)
-        tri = Triplets(graph, n)
-        tri.set_angles(unit, self.sbf.ynorm)
+        tri = self._triplets(graph, n)
+        tri.set_angles(unit, self.sbf.ynorm, self.sbf.ynorm_values)
         rbf = self.rbf(dist)
         radial = self.sbf.radial_state(dist)
         rad = tri.radial(self.sbf.radial_table(dist, radial))  # per group [n, L, D, R]

@@ -14,6 +14,8 @@ every family alike. Everything else a family differs in is declared here:
   output), for freezing the first or last N blocks, named blocks and soft freezing; each block
   lists fnmatch patterns over the network's parameter names; `block_aliases()` names groups;
 - `supported_elements()`: the chemical symbols the architecture can embed;
+- `prepare(graph)`: host work on a graph's edges done once for many passes (DimeNet++: its
+  triplet layout), so that MD on a GPU reads nothing back between neighbour-list builds;
 - `explicit_gradient` (class attribute) and `energy_gradient()`: a family that writes the
   energy gradient by hand (DimeNet++) says so by its class; `Potential` then uses it for
   energies and forces outside training, and autograd everywhere else.
@@ -51,6 +53,11 @@ class Network(nn.Module):
         """Atomic energies [N], edge vectors [E,3] and dE/d(edge vectors) [E,3] without
         autograd; only for classes with `explicit_gradient = True`."""
         raise NotImplementedError(f"{type(self).__name__} has no hand-written gradient")
+
+    def prepare(self, graph: Graph) -> None:
+        """Do the host work that depends on `graph`'s edges alone, once, before several passes
+        over the same edges at other positions (MD between neighbour-list builds). Default:
+        nothing (a family that needs no such work, or builds its own graphs)."""
 
     def config(self) -> dict[str, Any]:
         """JSON-able settings that `from_config` rebuilds the architecture from."""

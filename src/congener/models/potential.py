@@ -79,13 +79,24 @@ class Potential(nn.Module):
         self.energy_refs = refs.to(device=self.energy_refs.device, dtype=torch.float64)
         return self
 
+    def prepare(self, graph: Graph) -> None:
+        """Check `graph`'s species and let the network do its host work on the edges, once
+        for every later call on a graph with the same species and edge tensors (MD between
+        neighbour-list builds): those calls then read nothing from the device."""
+        self.check_species(graph.species)
+        self.network.prepare(graph)
+
     def check_species(self, species: Tensor) -> None:
-        """Raise `DataError` if `species` holds an element the model was not trained on."""
+        """Raise `DataError` if `species` holds an element the model was not trained on (a
+        tensor checked before, the same object, is not read again)."""
+        if species is getattr(self, "_checked_species", None):
+            return
         if species.numel() and (species.max() > MAX_Z or not bool(self.allowed[species].all())):
             bad = sorted({chemical_symbols[int(z)] for z in species.unique().tolist()
                           if z > MAX_Z or not self.allowed[z]})
             raise DataError(f"model knows {', '.join(self.elements)}; structure contains "
                             f"{', '.join(bad)}")
+        self._checked_species = species
 
     def reference_energy(self, graph: Graph) -> Tensor:
         """Sum of reference energies per structure [B] (float64, eV)."""

@@ -16,12 +16,14 @@ engineering notes, BENCHMARKS.md).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import Tensor
 
 from congener.graph import Graph
+from congener.runtime import sync_free
 
 
 def _join(parts: list[Tensor], dim: int = 0) -> Tensor:
@@ -41,6 +43,14 @@ def _rank_within(keys: Tensor, n: int) -> Tensor:
                                                                    device=keys.device) - first)
 
 
+def _within_unit(c: Tensor) -> bool:
+    """Whether every entry of `c` lies in [-1, 1] (one host read)."""
+    if not c.numel():
+        return True
+    lo, hi = torch.aminmax(c)
+    return float(lo) >= -1.0 and float(hi) <= 1.0
+
+
 class AngularState:
     """Y_l^0 of the triplet angles on the padded per-atom blocks, and its cos-derivatives.
 
@@ -49,11 +59,10 @@ class AngularState:
     recurrence (they are linear), so no separate multiplication by it is needed.
     """
 
-    def __init__(self, cos: Tensor, mask: Tensor, ynorm: Tensor) -> None:
+    def __init__(self, cos: Tensor, mask: Tensor, ynorm: Tensor, norms: list[float]) -> None:
         c = cos.detach()
-        lo, hi = torch.aminmax(c) if c.numel() else (c.new_zeros(()), c.new_zeros(()))
         self.inside: Tensor | None = None
-        if float(lo) >= -1.0 and float(hi) <= 1.0:  # the usual case: clamp is the identity
+        if not sync_free(c) and _within_unit(c):  # the usual case: clamp is the identity
             self.c, self.start = c, [mask, mask]
         else:  # |cos| > 1 by rounding: clamp, and clamp's zero derivative outside (every
             # derivative order descends from order 1, whose terms `inside` zeroes there)
@@ -61,7 +70,7 @@ class AngularState:
             self.c, self.start = c.clamp(-1.0, 1.0), [mask, mask * self.inside]
         # start: P_0 of order 0, P_1' of order 1 (each scaled by the triplet mask)
         self.ynorm = ynorm.to(cos.dtype).view(-1, 1)
-        self.norms: list[float] = ynorm.tolist()  # one host sync here, not one per use
+        self.norms = norms  # the same values on the host (no device read per use)
         self.num = ynorm.shape[0]
         self.p: list[list[Tensor]] = []
 
@@ -201,6 +210,21 @@ class Triplets:
             torch.eye(v.shape[1], dtype=torch.bool, device=dev), False) for v in valid]
         self.cbf: list[Tensor] = []
 
+    def reuse(self) -> Triplets:
+        """A fresh `Triplets` on the same layout (no host work): for a new forward pass over
+        the same edges at other positions (`DimeNetPP.prepare`)."""
+        out = copy.copy(self)
+        out.cbf, out.angles, out.units = [], [], []
+        return out
+
+    def to(self, device: torch.device | str) -> Triplets:
+        """The layout on `device` (angles are not moved: set them there)."""
+        out = self.reuse()
+        for name in ("out_slot", "in_slot", "out_gather"):
+            setattr(out, name, getattr(self, name).to(device))
+        out.mask = [m.to(device) for m in self.mask]
+        return out
+
     def _split(self, flat: Tensor, shape: tuple[int, ...]) -> list[Tensor]:
         """[slots, ...] -> per group [n, D, ...]."""
         parts = flat.split([n * d for n, d in self.groups]) if len(self.groups) > 1 else [flat]
@@ -220,7 +244,7 @@ class Triplets:
         flat = _join([q.reshape(-1, *shape) for q in parts])
         return flat if self.out_identity else flat.index_select(0, self.out_slot)
 
-    def set_angles(self, unit: Tensor, ynorm: Tensor) -> None:
+    def set_angles(self, unit: Tensor, ynorm: Tensor, norms: list[float]) -> None:
         """unit [E, 3]: edge directions. Sets `cbf`, per group the masked angular basis
         [n, D_in, L * D_out] of the angle at j between j->i and j->k (the Gram matrix of the
         directions of the edges out of j; j->i is the reverse of edge ji), and `angles`, the
@@ -233,7 +257,7 @@ class Triplets:
             # masked: the diagonal (|u|^2, 1 + rounding) would send every call down the clamp path
             gram = torch.bmm(u, u.transpose(1, 2))
             cos = (gram + gram.transpose(1, 2)).mul_(0.5 * mask)  # [n, D_in, D_out]
-            state = AngularState(cos, mask, ynorm)
+            state = AngularState(cos, mask, ynorm, norms)
             cbf = AngularDerivative.apply(cos, 0, state)  # [n, D_in, L, D_out]
             self.cbf.append(cbf.view(cbf.shape[0], cbf.shape[1], -1))
             self.angles.append(state)

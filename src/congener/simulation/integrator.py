@@ -10,10 +10,13 @@ step p <- c p + sqrt((1 - c²) m kT) ξ with c = exp(-γ dt), half drift, new fo
 kick. With zero friction it is velocity Verlet (NVE).
 
 Neighbours: the graph is built with cutoff + skin and rebuilt only when an atom of any system
-has moved more than skin/2 since the last build. Before each force call the graph is pruned to
-edges shorter than the cutoff. Pruning only saves time: the
-DimeNet++ envelope (models/basis.py) is exactly zero for d >= cutoff and enters every radial
-and spherical basis function, so edges beyond the cutoff contribute exactly zero.
+has moved more than skin/2 since the last build. On the CPU the graph is pruned to edges
+shorter than the cutoff before each force call. Pruning only saves time: the DimeNet++
+envelope (models/basis.py) is exactly zero for d >= cutoff and enters every radial and
+spherical basis function, so edges beyond the cutoff contribute exactly zero. On an
+accelerator the skin graph is used as built (`PRUNE`): its edges stay the same tensors until
+the next build, so the potential lays them out once (`Potential.prepare`) and a step reads one
+value back to the host, whether to rebuild.
 
 Noise: each system owns a `torch.Generator` seeded from its own seed, so a batched run
 reproduces separate runs with the same per-system seeds (`system_seeds`), up to round-off.
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -33,7 +36,7 @@ from torch import Tensor
 
 from congener.errors import DataError
 from congener.graph import Graph, build_graph
-from congener.models.potential import Prediction
+from congener.models.potential import Potential, Prediction
 
 DEFAULT_SKIN_A = 0.5
 
@@ -75,10 +78,19 @@ class MDState:
     system_ids: Tensor
     generators: list[torch.Generator]
     step: int = 0
+    _counts: list[int] | None = field(default=None, repr=False)
 
     @property
     def n_systems(self) -> int:
         return int(self.n_atoms.shape[0])
+
+    @property
+    def counts(self) -> list[int]:
+        """Atoms per system on the host (read from `n_atoms` once per state lineage: `replace`
+        carries it along, so a step reads nothing)."""
+        if self._counts is None or len(self._counts) != self.n_systems:
+            self._counts = self.n_atoms.tolist()
+        return self._counts
 
 
 def system_seeds(seed: int, n: int) -> list[int]:
@@ -136,6 +148,10 @@ def prune_graph(graph: Graph, cutoff: float) -> tuple[Graph, Tensor]:
 # not the CPU (congener.graph_device: no copy of the positions to the host), and through
 # ase.Atoms and vesin's numpy interface on the CPU; "device" always takes the device path.
 GRAPH_PATH = "auto"
+# Whether MD prunes its skin graph to the cutoff before each force call: "auto" on the CPU
+# (fewer edges and triplets to compute), not on accelerators (no data-dependent sizes per
+# step); "always" or "never" force either (tests compare the two).
+PRUNE = "auto"
 
 
 def _build(state_like: MDState, positions: Tensor, dtype: torch.dtype) -> Graph:
@@ -156,19 +172,36 @@ def _build(state_like: MDState, positions: Tensor, dtype: torch.dtype) -> Graph:
     return graph.to(device=positions.device, dtype=dtype)
 
 
+def _pruned(device: torch.device) -> bool:
+    """Whether MD prunes the skin graph to the cutoff before each force call (`PRUNE`)."""
+    return device.type == "cpu" if PRUNE == "auto" else PRUNE == "always"
+
+
+def _prepare(potential: PotentialLike, graph: Graph) -> None:
+    """Let a congener `Potential` lay out a graph used for many steps (see `_pruned`)."""
+    if isinstance(potential, Potential):
+        potential.prepare(graph)
+
+
 def _evaluate(state: MDState, potential: PotentialLike) -> MDState:
     """Forces, energies and shortest distances at the current positions (rebuilding the
     neighbour graph when an atom moved more than skin/2)."""
     dtype = _model_dtype(potential)
     moved = (state.positions - state.reference).norm(dim=-1)
     graph, reference = state.graph, state.reference
-    if bool((moved > 0.5 * state.skin).any()):
+    prune = state.skin > 0 and _pruned(state.positions.device)
+    if bool((moved > 0.5 * state.skin).any()):  # the step's one host read
         graph = _build(state, state.positions, dtype)
         reference = torch.where(torch.isfinite(state.positions), state.positions,
                                 state.reference)
+        if not prune:
+            _prepare(potential, graph)
     graph = replace(graph, positions=state.positions.to(dtype))
-    pruned, dist = prune_graph(graph, state.cutoff) if state.skin > 0 else (
-        graph, graph.edge_vectors().norm(dim=-1))
+    if prune:
+        pruned, dist = prune_graph(graph, state.cutoff)
+    else:  # edges beyond the cutoff contribute zero; they do not count as close pairs
+        pruned, dist = graph, graph.edge_vectors().norm(dim=-1)
+        dist = torch.where(dist < state.cutoff, dist, torch.full_like(dist, float("inf")))
     out = potential(pruned)
     edge_system = pruned.batch.index_select(0, pruned.edge_index[0])
     min_distance = torch.full((state.n_systems,), float("inf"), dtype=torch.float64,
@@ -182,9 +215,9 @@ def _evaluate(state: MDState, potential: PotentialLike) -> MDState:
 
 def _noise(state: MDState) -> Tensor:
     """Standard normal noise [N,3], each system's block drawn from its own generator."""
-    blocks = [torch.randn((int(n), 3), generator=g, dtype=torch.float64,
+    blocks = [torch.randn((n, 3), generator=g, dtype=torch.float64,
                           device=state.positions.device)
-              for n, g in zip(state.n_atoms.tolist(), state.generators, strict=True)]
+              for n, g in zip(state.counts, state.generators, strict=True)]
     return torch.cat(blocks)
 
 
@@ -218,6 +251,8 @@ def md_init(atoms_list: Sequence[Atoms], potential: PotentialLike, *, temperatur
         graph=graph.to(dtype=_model_dtype(potential)), reference=graph.positions.clone(),
         cutoff=float(potential.cutoff), skin=float(skin_A),
         system_ids=torch.arange(len(atoms_list), device=device), generators=generators)
+    if not _pruned(device):
+        _prepare(potential, state.graph)
     kT = units.kB * temperature_K
     momenta = _noise(state) * torch.sqrt(masses * kT)[:, None]
     total = per_system(momenta, state.batch, state.n_systems)
@@ -262,7 +297,10 @@ def select_systems(state: MDState, keep: Tensor, potential: PotentialLike) -> MD
         cell=state.cell[keep], batch=batch, n_atoms=n_atoms, forces=state.forces[atom_keep],
         energy=state.energy[keep], min_distance=state.min_distance[keep],
         reference=state.positions[atom_keep], system_ids=state.system_ids[keep],
-        generators=[state.generators[k] for k in idx])
+        generators=[state.generators[k] for k in idx], _counts=None)
     if sub.n_systems == 0:
         return sub
-    return replace(sub, graph=_build(sub, sub.positions, _model_dtype(potential)))
+    graph = _build(sub, sub.positions, _model_dtype(potential))
+    if not _pruned(graph.positions.device):
+        _prepare(potential, graph)
+    return replace(sub, graph=graph)

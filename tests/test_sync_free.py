@@ -1,0 +1,153 @@
+"""The forward pass without host reads (issue 22's GPU path), checked on the CPU.
+
+A tensor on PyTorch's `meta` device has a shape and no values: every host read of a value
+(`.item()`, `.tolist()`, `bool(t)`, `nonzero`, a data-dependent size) raises there. A forward
+pass that completes on meta tensors therefore reads nothing back from the device, which is
+what keeps a GPU busy. The branch-free code this needs must give the same numbers as the CPU's
+branches, and MD that keeps its skin graph unpruned (as on a GPU) the same trajectory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+import congener.models.dimenet as dimenet
+import congener.runtime as runtime
+import congener.simulation.integrator as integrator
+from congener.graph import build_graph
+from congener.models.triplets import Triplets
+from congener.simulation.md import run_md
+from tests.conftest import rattled_diamond, small_potential
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _meta_setup():
+    """A potential and a prepared two-structure graph, both on the meta device."""
+    pot = small_potential(("Si",), cutoff=4.0)
+    graph = build_graph([rattled_diamond(seed=1), rattled_diamond(seed=2)], 4.0)
+    n = graph.positions.shape[0]
+    layout = Triplets(graph, n).to("meta")  # laid out where the values are (the host here)
+    meta, pot = graph.to("meta"), pot.to("meta")
+    # what `Potential.prepare` leaves behind, made on the host and moved: `prepare` itself
+    # reads degrees, which a meta tensor does not have
+    pot.network._layout = (meta.edge_index, meta.edge_reverse, n, layout)
+    pot._checked_species = meta.species
+    return pot, meta
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_forward_pass_reads_nothing_from_the_device(monkeypatch, create_graph):
+    monkeypatch.setattr(runtime, "SYNC_FREE", True)
+    pot, graph = _meta_setup()
+    out = pot(graph, stress=True, create_graph=create_graph)
+    assert out.energy.shape == (2,) and out.forces.shape == (16, 3)
+    assert out.stress.shape == (2, 3, 3) and out.forces.device.type == "meta"
+    if create_graph:  # a training step's backward pass, too
+        (out.energy.sum() + out.forces.pow(2).sum() + out.stress.sum()).backward()
+        assert all(p.grad is not None for p in pot.parameters() if p.requires_grad)
+
+
+def test_meta_probe_catches_host_reads(monkeypatch):
+    """The probe can fail: the CPU's branches (one host read each) raise on meta tensors."""
+    monkeypatch.setattr(runtime, "SYNC_FREE", False)
+    pot, graph = _meta_setup()
+    with pytest.raises(RuntimeError, match="meta"):
+        pot(graph)
+
+
+def _close_pair_structures():
+    """Cells with short distances (0.8 Å at cutoff 4 Å reaches the spherical Bessel power
+    series, x < `series_below`; 1.3 Å), and a collinear chain (cos = -1 exactly)."""
+    dimer = Atoms("Si4", positions=[[0, 0, 0], [0.78, 0.15, 0.1], [3.0, 2.5, 2.0],
+                                    [3.2, 3.7, 3.3]], cell=[6.0, 6.5, 7.0], pbc=True)
+    chain = Atoms("Si3", positions=[[0, 0, 0], [2.2, 0, 0], [4.4, 0, 0]],
+                  cell=[[6.6, 0, 0], [0, 8.0, 0], [0, 0, 8.0]], pbc=True)
+    close = rattled_diamond(seed=4)
+    close.positions[1] = close.positions[0] + [0.75, 0.75, 0.75]  # 1.3 Å
+    return [dimer, chain, close]
+
+
+def test_branch_free_paths_equal_the_cpu_branches(monkeypatch):
+    pot = small_potential(("Si",), cutoff=4.0)
+    graph = build_graph(_close_pair_structures(), 4.0)
+    dist = graph.edge_vectors().norm(dim=-1)
+    assert float(dist.min()) / 4.0 < pot.network.sbf.series_below  # the series branch runs
+    results = {}
+    for mode in (False, True):
+        monkeypatch.setattr(runtime, "SYNC_FREE", mode)
+        explicit = pot(graph, stress=True)
+        autograd = pot(graph, stress=True, create_graph=True)
+        results[mode] = [explicit.energy, explicit.forces, explicit.stress,
+                         autograd.forces.detach()]
+    for a, b in zip(results[False], results[True], strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_prepared_layout_equals_a_fresh_one():
+    """A pass over a prepared graph at other positions equals a pass that lays out anew."""
+    pot = small_potential(("Si",), cutoff=4.0)
+    graph = build_graph([rattled_diamond(seed=6, reps=(1, 1, 2))], 4.6)
+    pot.prepare(graph)
+    moved = graph.positions + 0.05 * torch.randn_like(graph.positions)
+    from dataclasses import replace
+
+    prepared = pot(replace(graph, positions=moved), stress=True)
+    pot.network._layout = None
+    fresh = pot(replace(graph, positions=moved), stress=True)
+    for a, b in ((prepared.energy, fresh.energy), (prepared.forces, fresh.forces),
+                 (prepared.stress, fresh.stress)):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_unpruned_md_follows_pruned_md_and_lays_out_once_per_build(monkeypatch):
+    """MD as on a GPU (skin graph kept, laid out once per neighbour-list build, branch-free
+    model code) follows MD as on the CPU (graph pruned to the cutoff every step)."""
+    pot = small_potential(("Si",), cutoff=4.0)
+    start = [rattled_diamond(seed=7), rattled_diamond(seed=8, amount=0.12)]
+    kwargs = dict(temperature_K=1500.0, timestep_fs=1.0, steps=40, seed=3, sample_every=40,
+                  skin_A=0.3, threads=1, dtype="float64")
+    monkeypatch.setattr(integrator, "PRUNE", "always")
+    pruned = run_md(pot, [a.copy() for a in start], **kwargs)
+
+    layouts, builds = [], []
+
+    class Counted(Triplets):
+        def __init__(self, *args, **kw):
+            layouts.append(1)
+            super().__init__(*args, **kw)
+
+    original_build = integrator._build
+
+    def counted_build(*args, **kw):
+        builds.append(1)
+        return original_build(*args, **kw)
+
+    monkeypatch.setattr(dimenet, "Triplets", Counted)
+    monkeypatch.setattr(integrator, "_build", counted_build)
+    monkeypatch.setattr(integrator, "PRUNE", "never")
+    monkeypatch.setattr(runtime, "SYNC_FREE", True)
+    kept = run_md(pot, [a.copy() for a in start], **kwargs)
+    assert len(builds) >= 2  # it rebuilt during the run
+    assert len(layouts) == len(builds) + 1  # once at the start, once per build: not per step
+    for a, b in zip(pruned.trajectories, kept.trajectories, strict=True):
+        assert np.allclose(a.positions[-1], b.positions[-1], atol=1e-9)
+    assert kept.system_steps == pruned.system_steps  # the same steps ran (and failed, if any)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_forward_on_cuda_does_not_synchronise():
+    """On a GPU, with the graph prepared: a pass raises if anything waits for the device."""
+    pot = small_potential(("Si",), cutoff=4.0).to("cuda")
+    graph = build_graph([rattled_diamond(seed=1), rattled_diamond(seed=2)], 4.6).to("cuda")
+    pot.prepare(graph)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = pot(graph, stress=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out.forces).all()
