@@ -18,24 +18,24 @@ import congener.models.dimenet as dimenet
 import congener.runtime as runtime
 import congener.simulation.integrator as integrator
 from congener.graph import build_graph
+from congener.models.potential import Potential
 from congener.models.triplets import Triplets
 from congener.simulation.md import run_md
+from congener.training.config import TrainConfig
+from congener.training.data import LabelledSet
+from congener.training.trainer import fit
 from tests.conftest import rattled_diamond, small_potential
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _meta_setup():
-    """A potential and a prepared two-structure graph, both on the meta device."""
+    """A potential and a two-structure graph on the meta device, prepared from the host copy
+    (as the trainer prepares a batch before a pass on the GPU)."""
     pot = small_potential(("Si",), cutoff=4.0)
     graph = build_graph([rattled_diamond(seed=1), rattled_diamond(seed=2)], 4.0)
-    n = graph.positions.shape[0]
-    layout = Triplets(graph, n).to("meta")  # laid out where the values are (the host here)
     meta, pot = graph.to("meta"), pot.to("meta")
-    # what `Potential.prepare` leaves behind, made on the host and moved: `prepare` itself
-    # reads degrees, which a meta tensor does not have
-    pot.network._layout = (meta.edge_index, meta.edge_reverse, n, layout)
-    pot._checked_species = meta.species
+    pot.prepare(graph, on=meta)
     return pot, meta
 
 
@@ -151,3 +151,37 @@ def test_forward_on_cuda_does_not_synchronise():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out.forces).all()
+
+
+def test_training_with_prepared_batches_equals_plain_training(monkeypatch):
+    """The trainer's branch-free path (each batch laid out from its host copy, as on a GPU)
+    trains to the same weights as the CPU path."""
+    from congener.data.structures import label
+
+    teacher = small_potential(("Si",), cutoff=4.0, seed=5)
+    data = []
+    for k in range(6):
+        atoms = rattled_diamond(seed=20 + k)
+        pred = teacher(build_graph(atoms, 4.0), stress=True)
+        data.append(label(atoms, energy=float(pred.energy[0]),
+                          forces=pred.forces.numpy(), stress=pred.stress[0].numpy()))
+    cfg = TrainConfig(epochs=2, batch_size=3, energy_weight=10.0, stress_weight=0.1,
+                      dtype="float64", val_every=1, seed=0)
+    weights = {}
+    prepared = []
+    original = Potential.prepare
+
+    def counted(self, graph, on=None):
+        prepared.append(1)
+        return original(self, graph, on)
+
+    monkeypatch.setattr(Potential, "prepare", counted)
+    for mode in (False, True):
+        monkeypatch.setattr(runtime, "SYNC_FREE", mode)
+        pot = small_potential(("Si",), cutoff=4.0, seed=1)
+        fit(pot, LabelledSet(data[:4], 4.0), LabelledSet(data[4:], 4.0), cfg)
+        weights[mode] = torch.cat([p.detach().flatten() for p in pot.parameters()])
+    assert prepared  # the branch-free run prepared its batches
+    assert torch.allclose(weights[False], weights[True], rtol=1e-9, atol=1e-12)
+    assert not torch.equal(weights[True], torch.cat(
+        [p.detach().flatten() for p in small_potential(("Si",), seed=1).parameters()]))

@@ -292,12 +292,43 @@ def test_huber_loss_is_quadratic_below_delta_and_linear_above():
     with_stress = loss(pred, ref, replace(cfg, stress_weight=0.5))
     assert float(with_stress.total) == pytest.approx(
         float(terms.total) + 0.5 * float(huber(torch.tensor(gpa))), rel=1e-10)
-    assert with_stress.stress_mse == pytest.approx(float(np.mean(gpa**2)), rel=1e-10)
+    assert float(with_stress.stress_mse) == pytest.approx(float(np.mean(gpa**2)), rel=1e-10)
     # the logged terms stay plain mean squared errors
-    assert terms.force_mse == pytest.approx(float((forces**2).mean()), rel=1e-12)
-    assert terms.energy_mse == pytest.approx(0.015**2, rel=1e-12)
+    assert float(terms.force_mse) == pytest.approx(float((forces**2).mean()), rel=1e-12)
+    assert float(terms.energy_mse) == pytest.approx(0.015**2, rel=1e-12)
     mse = loss(pred, ref, TrainConfig(energy_weight=2.0, force_weight=3.0))
     assert float(mse.total) == pytest.approx(2.0 * 0.015**2 + 3.0 * float((forces**2).mean()))
+
+
+@pytest.mark.parametrize("weights", [None, [2.0, 5.0, 1.0]])
+def test_stress_term_counts_only_labelled_structures(weights):
+    """Three structures, the second without a stress label: the stress term is the mean
+    over the labelled ones' components (weighted by their structure weights), whatever the
+    unlabelled one's stress prediction; a batch with no label adds nothing."""
+    from congener.models.potential import Prediction
+    from congener.training.data import Targets
+    from congener.training.losses import loss
+
+    f64 = torch.float64
+    forces = torch.zeros(3, 3, dtype=f64)
+    errors = [np.diag([1.0, 0.0, 0.0]), np.full((3, 3), 50.0), np.diag([0.0, 3.0, 0.0])]
+    pred = Prediction(energy=torch.zeros(3, dtype=f64), forces=forces,
+                      stress=torch.tensor(np.stack(errors) * GPa, dtype=f64))
+    w = None if weights is None else torch.tensor(weights, dtype=f64)
+    ref = Targets(energy=torch.zeros(3, dtype=f64), forces=forces,
+                  stress=torch.zeros(3, 3, 3, dtype=f64),
+                  has_stress=torch.tensor([True, False, True]),
+                  n_atoms=torch.tensor([1, 1, 1]), weight=w)
+    cfg = TrainConfig(energy_weight=1.0, force_weight=1.0, stress_weight=1.0)
+    rows = [1.0 / 9, 9.0 / 9]  # mean squared component of structures 0 and 2 (GPa^2)
+    rw = [1.0, 1.0] if weights is None else [weights[0], weights[2]]
+    expected = (rw[0] * rows[0] + rw[1] * rows[1]) / (rw[0] + rw[1])
+    terms = loss(pred, ref, cfg)
+    assert float(terms.total) == pytest.approx(expected, rel=1e-12)
+    assert float(terms.stress_mse) == pytest.approx(np.mean(rows), rel=1e-12)
+    ref.has_stress = torch.tensor([False, False, False])
+    none = loss(pred, ref, cfg)
+    assert float(none.total) == 0.0 and float(none.stress_mse) == 0.0
 
 
 @pytest.mark.parametrize("warmup", [0, 3])

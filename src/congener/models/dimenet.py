@@ -259,13 +259,19 @@ class DimeNetPP(Network):
         """Per-atom energies [N] for the given (differentiable) positions [N,3] and cell [B,3,3]."""
         return self.run(graph, positions, cell)[0]
 
-    def prepare(self, graph: Graph) -> None:
+    def prepare(self, graph: Graph, on: Graph | None = None) -> None:
         """Lay out `graph`'s triplets now (the host reads of degrees and sizes happen here) and
         keep the layout for every later pass over the same edges: a pass over a graph whose
         `edge_index` and `edge_reverse` are these very tensors (MD between neighbour-list
-        builds) reuses it and reads nothing from the device."""
+        builds) reuses it and reads nothing from the device. `on`: the same graph moved to
+        another device (training batches), laid out from the host copy `graph` and kept for
+        `on`'s tensors."""
+        target = graph if on is None else on
         n = graph.positions.shape[0]
-        self._layout = (graph.edge_index, graph.edge_reverse, n, Triplets(graph, n))
+        layout = Triplets(graph, n)
+        if on is not None:
+            layout = layout.to(on.edge_index.device)
+        self._layout = (target.edge_index, target.edge_reverse, n, layout)
 
     def _triplets(self, graph: Graph, n: int) -> Triplets:
         """The prepared layout when `graph` has the prepared edges, else a new one."""

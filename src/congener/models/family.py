@@ -54,10 +54,11 @@ class Network(nn.Module):
         autograd; only for classes with `explicit_gradient = True`."""
         raise NotImplementedError(f"{type(self).__name__} has no hand-written gradient")
 
-    def prepare(self, graph: Graph) -> None:
+    def prepare(self, graph: Graph, on: Graph | None = None) -> None:
         """Do the host work that depends on `graph`'s edges alone, once, before several passes
-        over the same edges at other positions (MD between neighbour-list builds). Default:
-        nothing (a family that needs no such work, or builds its own graphs)."""
+        over the same edges at other positions (MD between neighbour-list builds); `on` is
+        the same graph on another device, for which the work is kept. Default: nothing (a
+        family that needs no such work, or builds its own graphs)."""
 
     def config(self) -> dict[str, Any]:
         """JSON-able settings that `from_config` rebuilds the architecture from."""

@@ -79,23 +79,29 @@ class Potential(nn.Module):
         self.energy_refs = refs.to(device=self.energy_refs.device, dtype=torch.float64)
         return self
 
-    def prepare(self, graph: Graph) -> None:
+    def prepare(self, graph: Graph, on: Graph | None = None) -> None:
         """Check `graph`'s species and let the network do its host work on the edges, once
         for every later call on a graph with the same species and edge tensors (MD between
-        neighbour-list builds): those calls then read nothing from the device."""
+        neighbour-list builds): those calls then read nothing from the device. `on`: the
+        same graph already moved to the device the calls will use (checked and laid out
+        from the host copy `graph`, kept for `on`)."""
         self.check_species(graph.species)
-        self.network.prepare(graph)
+        if on is not None:
+            self._checked_species = on.species
+        self.network.prepare(graph, on)
 
     def check_species(self, species: Tensor) -> None:
         """Raise `DataError` if `species` holds an element the model was not trained on (a
         tensor checked before, the same object, is not read again)."""
         if species is getattr(self, "_checked_species", None):
             return
-        if species.numel() and (species.max() > MAX_Z or not bool(self.allowed[species].all())):
-            bad = sorted({chemical_symbols[int(z)] for z in species.unique().tolist()
-                          if z > MAX_Z or not self.allowed[z]})
+        known = {atomic_numbers[s] for s in self.elements}
+        bad = [z for z in torch.unique(species).tolist() if z not in known]  # one host read
+        if bad:
+            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
+                     for z in bad]
             raise DataError(f"model knows {', '.join(self.elements)}; structure contains "
-                            f"{', '.join(bad)}")
+                            f"{', '.join(names)}")
         self._checked_species = species
 
     def reference_energy(self, graph: Graph) -> Tensor:

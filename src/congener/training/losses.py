@@ -22,12 +22,18 @@ from congener.training.data import Targets
 
 @dataclass
 class LossTerms:
-    """Weighted total and the unweighted mean-squared terms (for logging)."""
+    """Weighted total and the unweighted mean-squared terms (for logging), as device
+    scalars: `read()` brings all four to the host at once."""
 
     total: Tensor
-    energy_mse: float
-    force_mse: float
-    stress_mse: float
+    energy_mse: Tensor
+    force_mse: Tensor
+    stress_mse: Tensor
+
+    def read(self) -> list[float]:
+        """[total, energy_mse, force_mse, stress_mse] as floats, in one host read."""
+        return torch.stack([self.total.detach().to(self.energy_mse.dtype), self.energy_mse,
+                            self.force_mse, self.stress_mse]).tolist()
 
 
 def _term(diff: Tensor, cfg: TrainConfig, weight: Tensor | None = None) -> Tensor:
@@ -43,7 +49,7 @@ def _term(diff: Tensor, cfg: TrainConfig, weight: Tensor | None = None) -> Tenso
             return diff.square().mean()
         elementwise = diff.square()
     rows = elementwise.reshape(len(elementwise), -1).mean(1)
-    return (weight * rows).sum() / weight.sum()
+    return (weight * rows).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
 
 def loss(pred: Prediction, ref: Targets, cfg: TrainConfig,
@@ -58,15 +64,17 @@ def loss(pred: Prediction, ref: Targets, cfg: TrainConfig,
     de = ((pred.energy - ref.energy) / ref.n_atoms).to(dtype)
     df = pred.forces - ref.forces
     w = ref.weight
-    w_atoms = None if w is None else torch.repeat_interleave(w, ref.n_atoms)
+    w_atoms = None if w is None else torch.repeat_interleave(
+        w, ref.n_atoms, output_size=df.shape[0])  # the size given: no host read
     total = (cfg.energy_weight * se * _term(de, cfg, w)
              + cfg.force_weight * sf * _term(df, cfg, w_atoms))
     s_mse = torch.zeros((), dtype=dtype, device=total.device)
-    if cfg.stress_weight > 0 and pred.stress is not None and bool(ref.has_stress.any()):
-        ds = (pred.stress - ref.stress)[ref.has_stress] / GPa
-        s_mse = ds.detach().square().mean()
-        w_stress = None if w is None else w[ref.has_stress]
-        if w_stress is None or bool(w_stress.sum() > 0):
-            total = total + cfg.stress_weight * ss * _term(ds, cfg, w_stress)
-    return LossTerms(total, float(de.detach().square().mean()),
-                     float(df.detach().square().mean()), float(s_mse))
+    if cfg.stress_weight > 0 and pred.stress is not None:
+        # structures without a stress label weigh zero (a weighted mean, not a selection: no
+        # data-dependent size), and a batch with none adds zero
+        has = ref.has_stress.to(dtype)
+        ds = (pred.stress - ref.stress) / GPa
+        s_mse = (ds.detach().square().mean((1, 2)) * has).sum() / has.sum().clamp_min(1.0)
+        w_stress = has if w is None else has * w
+        total = total + cfg.stress_weight * ss * _term(ds, cfg, w_stress)
+    return LossTerms(total, de.detach().square().mean(), df.detach().square().mean(), s_mse)

@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from congener.errors import CheckpointError, ConfigError, SimulationUnstable, first_line
 from congener.files import folder_lock
+from congener.graph import Graph
 from congener.models.checkpoint import save_atomic, save_potential
 from congener.models.potential import Potential
-from congener.runtime import resolve_device, resolve_dtype, set_threads, tune_allocator
+from congener.runtime import resolve_device, resolve_dtype, set_threads, sync_free, tune_allocator
 from congener.training import distributed
 from congener.training.checks import check_training_data
 from congener.training.config import TrainConfig
@@ -48,6 +50,16 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _to_device(potential: Potential, graph: Graph, param: Tensor) -> Graph:
+    """`graph` on the parameters' device and dtype; where the model avoids host reads (an
+    accelerator), its per-graph layout is made from the host copy first, so that the forward
+    pass on the device reads nothing back."""
+    moved = graph.to(param.device, param.dtype)
+    if sync_free(moved.positions):
+        potential.prepare(graph, on=moved)
+    return moved
+
+
 @torch.no_grad()
 def validate(potential: Potential, data: LabelledSet, cfg: TrainConfig) -> dict[str, float]:
     """Validation loss and MAEs: energy (meV/atom) and force (eV/Å per component). With
@@ -58,13 +70,14 @@ def validate(potential: Potential, data: LabelledSet, cfg: TrainConfig) -> dict[
     for k, (graph, ref) in enumerate(data.batches(cfg.batch_size)):
         if k % ranks.world != ranks.rank:
             continue
-        graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
+        graph, ref = _to_device(potential, graph, param), ref.to(param.device, param.dtype)
         with torch.enable_grad():
             pred = potential(graph, stress=cfg.stress_weight > 0)
         terms = loss(pred, ref, cfg)
-        sums += [float(terms.total) * len(ref.energy),
-                 float(((pred.energy - ref.energy) / ref.n_atoms).abs().sum()),
-                 float((pred.forces - ref.forces).abs().sum()), ref.forces.numel()]
+        read = torch.stack([terms.total.detach().to(torch.float64),  # one host read a batch
+                            ((pred.energy - ref.energy) / ref.n_atoms).abs().sum(),
+                            (pred.forces - ref.forces).abs().sum().to(torch.float64)]).tolist()
+        sums += [read[0] * len(ref.energy), read[1], read[2], ref.forces.numel()]
     sums = distributed.all_reduce_sum(sums, ranks, param.device)
     n = len(data)
     return {"val_loss": sums[0] / n, "val_energy_mae": 1000 * sums[1] / n,
@@ -141,7 +154,7 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
         part = distributed.shard(indices, ranks)
         used = part or indices[:1]  # an empty part still joins the gradient reduction
         graph, ref = data.batch(used)
-        graph, ref = graph.to(param.device, param.dtype), ref.to(param.device, param.dtype)
+        graph, ref = _to_device(potential, graph, param), ref.to(param.device, param.dtype)
         if step <= cfg.warmup_steps:  # in the warm-up (its last step restores the schedule)
             _set_lr(opt, cfg, epoch, step)
         step += 1
@@ -152,12 +165,13 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
             pred.energy = pred.energy + torch.zeros_like(pred.energy).index_add(
                 0, graph.batch, step_refs)
         terms = loss(pred, ref, cfg, distributed.shares(data, indices, part, ranks))
-        finite = bool(torch.isfinite(terms.total))
+        values = terms.read()  # the step's one host read: the NaN stop and the log
+        finite = math.isfinite(values[0])
         if ranks.world > 1:  # every rank stops together
             finite = distributed.all_reduce_sum(np.array([not finite]), ranks,
                                                 param.device)[0] == 0
         if not finite:
-            raise SimulationUnstable(f"training loss became {float(terms.total.detach())} at epoch "
+            raise SimulationUnstable(f"training loss became {values[0]} at epoch "
                                      f"{epoch}{_culprits(pred, data, used)}")
         # Only parameter gradients: skips the unused second derivative w.r.t. positions.
         terms.total.backward(inputs=[p for p in potential.parameters() if p.requires_grad]
@@ -173,13 +187,9 @@ def _train_epoch(potential: Potential, data: LabelledSet, cfg: TrainConfig,
         if ema is not None:
             ema.update_parameters(potential)
         if ranks.world == 1:
-            n = len(ref.energy)
-            sums += n * np.array([float(terms.total.detach()), terms.energy_mse,
-                                  terms.force_mse, terms.stress_mse])
+            sums += len(ref.energy) * np.array(values)
         else:  # the ranks' totals add up to W x the batch's loss; the MSEs are logged per part
-            sums += [float(terms.total.detach()) * len(indices) / ranks.world,
-                     *(len(part) * np.array([terms.energy_mse, terms.force_mse,
-                                             terms.stress_mse]))]
+            sums += [values[0] * len(indices) / ranks.world, *(len(part) * np.array(values[1:]))]
         count += len(indices)
     sums = distributed.all_reduce_sum(sums, ranks, param.device)
     names = ("train_loss", "train_energy_mse", "train_force_mse", "train_stress_mse")
