@@ -94,6 +94,8 @@ def test_study_runs_resumes_and_reports(files, tmp_path):
     md = json.loads((tmp_path / "study" / "validation" / "md" / "transfer-n1-s0.json")
                     .read_text())
     assert md["summary"]["total"] == 2
+    rate = md["summary"]["system_steps_per_s"]
+    assert rate > 0 and "system-steps/s per model" in text  # the speed the MD ran at
     md_dir = tmp_path / "study" / "validation" / "md"
     assert not (md_dir / "frozen-n1-s0.json").exists()  # md.arms leaves frozen out
     assert not list(md_dir.glob("*.ckpt"))  # checkpoints go once a model's result is stored

@@ -159,7 +159,7 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
     chosen = [s for s, _ in results if s.kind == "curve" and s.size in stage.sizes
               and (stage.arms is None or s.mode in stage.arms)]
     start = _start_structure(study_dir)
-    records, frames_by_key = [], {}
+    records, frames_by_key, rates = [], {}, []
     for k, spec in enumerate(chosen):
         path = out / f"{spec.name}.json"
         saved = _cached(path)
@@ -186,6 +186,7 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
             write_json(path, saved, indent=None)  # frames: compact
             (out / f"{spec.name}.ckpt").unlink(missing_ok=True)  # the result holds it all
         records += [_record(r) for r in saved["records"]]
+        rates.append((saved["summary"]["system_steps_per_s"], saved["summary"]["wall_s"]))
         key = f"{spec.mode}, {spec.size}"
         frames_by_key.setdefault(key, []).extend(
             [_atoms(start, f) for f in traj] for traj in saved["frames"])
@@ -210,9 +211,21 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
         f"({stage.steps * stage.timestep_fs / 1000:g} ps), {stage.trajectories} trajectories "
         "per model from the hottest structure of the data set. Stable: no NaN, no atom pair "
         "closer than 2.0 Å, temperature below 5× the target.", "", table, "",
+        _throughput(rates), "",
         "| models | first g(r) peak (Å) | coordination | trajectories |", "|---|---|---|---|",
         *rows, "", f"RDF/ADF averaged over the second half of each stable trajectory.{exp}",
         "", "![RDF and ADF](validation/md/rdf_adf.png)" if stats else "", ""])
+
+
+def _throughput(rates: list[tuple[float, float]]) -> str:
+    """One line on the speed the MD ran at: system-steps/s per model (median, range) and the
+    wall time per model (a run resumed from a checkpoint counts its last sitting only)."""
+    speed = np.array([r for r, _ in rates])
+    wall = np.array([w for _, w in rates]) / 60
+    return (f"Throughput: {np.median(speed):.1f} system-steps/s per model (median; "
+            f"{speed.min():.1f}-{speed.max():.1f} over {len(speed)} models), "
+            f"{np.median(wall):.1f} min per model (median; a model resumed from a checkpoint "
+            "counts its last sitting).")
 
 
 def _record(values: dict[str, Any]):
