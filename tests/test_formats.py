@@ -96,3 +96,19 @@ def test_cli_reads_other_keys(labelled, tmp_path, invoke):
                  *keys, "--epochs", 1, "--batch-size", 2, "--cutoff", 4.0, "--stress-weight",
                  0.01, "-o", tmp_path / "run")
     assert res.exit_code == 0, res.output
+
+
+def test_density_matches_handbook_values_and_scaling_reaches_it():
+    """Diamond Ge at a = 5.6579 Å is 5.323 g/cm³ and diamond Si at 5.431 Å is 2.329 g/cm³
+    (CRC handbook); scaling Si's cell to 2.329 g/cm³ gives back a = 5.431 Å."""
+    import ase.build
+
+    from congener.data.structures import density_g_cm3, scale_to_density
+
+    ge = ase.build.bulk("Ge", "diamond", a=5.6579, cubic=True)
+    assert density_g_cm3(ge) == pytest.approx(5.323, rel=1e-3)
+    si = ase.build.bulk("Si", "diamond", a=5.0, cubic=True)
+    scaled = scale_to_density(si, 2.329)
+    assert scaled.cell.lengths() == pytest.approx([5.431] * 3, rel=1e-3)
+    assert scaled.get_scaled_positions() == pytest.approx(si.get_scaled_positions())
+    assert si.cell.lengths()[0] == 5.0  # the input is left as it was

@@ -49,6 +49,29 @@ def tiny(files, **kw):
     return study_config(tiny_values(files, **kw))
 
 
+def test_md_stage_melts_at_the_liquid_density(files, tmp_path):
+    """md.density_g_cm3 scales the start cell, md.melt_steps runs a melting phase first
+    (stored, not analysed): every trajectory is accounted for once."""
+    cfg = tiny(files, sizes=[1], seeds=[0], modes=["scratch"], temperature=None, workers=1,
+               md={"sizes": [1], "trajectories": 2, "steps": 4, "sample_every": 2,
+                   "density_g_cm3": 5.6, "melt_K": 2500, "melt_steps": 4})
+    text = run_study(cfg, tmp_path / "s").read_text()
+    md_dir = tmp_path / "s" / "validation" / "md"
+    melt = json.loads((md_dir / "scratch-n1-s0.melt.json").read_text())
+    assert melt["summary"]["temperature_K"] == 2500.0 and melt["summary"]["steps"] == 4
+    run = json.loads((md_dir / "scratch-n1-s0.json").read_text())
+    assert len(run["records"]) == 2  # failures in the melt + production trajectories
+    assert len(melt["final"]) + len(melt["failed"]) == 2
+    assert "at 5.60 g/cm³" in text and "at 2500 K to melt it" in text
+    assert not list(md_dir.glob("*.ckpt"))
+    # another protocol on the same models needs its own folder; a stored one is not reused
+    other = dict(cfg.md.__dict__, density_g_cm3=5.3)
+    with pytest.raises(ConfigError, match=r"other settings \(density_g_cm3\).*md\.name"):
+        run_study(replace(cfg, md=type(cfg.md)(**other)), tmp_path / "s")
+    run_study(replace(cfg, md=type(cfg.md)(**dict(other, name="md-5_3"))), tmp_path / "s")
+    assert (tmp_path / "s" / "validation" / "md-5_3" / "scratch-n1-s0.json").is_file()
+
+
 def test_study_cli_shows_each_phase_with_its_total(files, tmp_path, capsys):
     from congener.cli import main
 

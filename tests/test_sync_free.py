@@ -185,3 +185,45 @@ def test_training_with_prepared_batches_equals_plain_training(monkeypatch):
     assert torch.allclose(weights[False], weights[True], rtol=1e-9, atol=1e-12)
     assert not torch.equal(weights[True], torch.cat(
         [p.detach().flatten() for p in small_potential(("Si",), seed=1).parameters()]))
+
+
+def test_caches_notice_in_place_edits():
+    """A prepared layout and a species check belong to the tensors' contents at the time:
+    an in-place edit (PyTorch's version counter moves) makes them be redone."""
+    from dataclasses import replace
+
+    from congener.errors import DataError
+
+    pot = small_potential(("Si",), cutoff=4.0)
+    graph = build_graph([rattled_diamond(seed=9)], 4.0)
+    pot.prepare(graph)
+    order = torch.randperm(graph.edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
+    edited = replace(graph)  # the same tensors, permuted in place below
+    edited.edge_index.copy_(graph.edge_index[:, order].clone())
+    edited.cell_shifts.copy_(graph.cell_shifts[order].clone())
+    edited.edge_reverse.copy_(inverse[graph.edge_reverse[order]].clone())
+    fresh = small_potential(("Si",), cutoff=4.0)
+    assert torch.allclose(pot(edited).energy, fresh(edited).energy, atol=1e-12)
+    edited.species[0] = 6  # carbon: not in the model's table
+    with pytest.raises(DataError, match="structure contains C"):
+        pot(edited)
+
+
+def test_unlabelled_stress_cannot_poison_the_loss():
+    """A non-finite stress predicted for a structure without a stress label leaves the loss
+    finite (the row is zeroed, not multiplied by a zero weight)."""
+    from congener.models.potential import Prediction
+    from congener.training.data import Targets
+    from congener.training.losses import loss
+
+    f64 = torch.float64
+    stress = torch.zeros(2, 3, 3, dtype=f64)
+    stress[1] = float("inf")
+    pred = Prediction(energy=torch.zeros(2, dtype=f64), forces=torch.zeros(2, 3, dtype=f64),
+                      stress=stress)
+    ref = Targets(energy=torch.zeros(2, dtype=f64), forces=torch.zeros(2, 3, dtype=f64),
+                  stress=torch.zeros(2, 3, 3, dtype=f64), has_stress=torch.tensor([True, False]),
+                  n_atoms=torch.tensor([1, 1]))
+    values = loss(pred, ref, TrainConfig(stress_weight=1.0)).read()
+    assert all(np.isfinite(values)) and values[0] == 0.0

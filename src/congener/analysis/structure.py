@@ -180,7 +180,8 @@ class StructureStats:
     """Mean ± std over trajectories of g(r), the ADF, the first peak and the coordination.
 
     r_A [M] Å; g_mean, g_std [M]; angle_deg [K]; adf_mean, adf_std [K] per degree;
-    peak_A, coordination: (mean, std); n_trajectories: how many entered the statistics.
+    peak_A, coordination: (mean, std); minimum_A: (mean, std) of the first minimum, the
+    radius the coordination is integrated to; n_trajectories: how many entered the statistics.
     """
 
     r_A: np.ndarray
@@ -192,6 +193,7 @@ class StructureStats:
     peak_A: tuple[float, float]
     coordination: tuple[float, float]
     n_trajectories: int
+    minimum_A: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def structure_stats(trajectories: Sequence[Sequence[Atoms]], *, r_max_A: float = 6.0,
@@ -205,7 +207,8 @@ def structure_stats(trajectories: Sequence[Sequence[Atoms]], *, r_max_A: float =
     rdfs = [rdf(t, r_max_A=r_max_A, bin_A=bin_A) for t in trajectories]
     adfs = [adf(t, r_cut_A=r_cut_A, bin_deg=bin_deg) for t in trajectories]
     peaks = [first_peak(r) for r in rdfs]
-    coordination = [coordination_number(r) for r in rdfs]
+    minima = [first_minimum(r) for r in rdfs]
+    coordination = [coordination_number(r, m) for r, m in zip(rdfs, minima, strict=True)]
     g = np.array([r.g for r in rdfs])
     p = np.array([a.p for a in adfs])
     return StructureStats(
@@ -213,4 +216,5 @@ def structure_stats(trajectories: Sequence[Sequence[Atoms]], *, r_max_A: float =
         adf_mean=p.mean(0), adf_std=p.std(0),
         peak_A=(float(np.mean(peaks)), float(np.std(peaks))),
         coordination=(float(np.mean(coordination)), float(np.std(coordination))),
-        n_trajectories=len(trajectories))
+        n_trajectories=len(trajectories),
+        minimum_A=(float(np.mean(minima)), float(np.std(minima))))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import ase.io
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers
 
@@ -255,3 +255,16 @@ def file_hash_of(path: str | Path) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def density_g_cm3(atoms: Atoms) -> float:
+    """Mass density of a periodic cell in g/cm³."""
+    return float(atoms.get_masses().sum() / units.mol / atoms.get_volume() * 1e24)
+
+
+def scale_to_density(atoms: Atoms, density: float) -> Atoms:
+    """A copy of `atoms` with its cell (and the positions with it) scaled isotropically to
+    `density` g/cm³."""
+    out = atoms.copy()
+    out.set_cell(out.cell * (density_g_cm3(atoms) / density) ** (1 / 3), scale_atoms=True)
+    return out

@@ -214,6 +214,12 @@ def _outputs(blocks: nn.ModuleList, atom_sums: list[Tensor], kept: list[Tensor])
     return x.sum(0).squeeze(-1)
 
 
+def _versions(*tensors: Tensor) -> tuple[int, ...]:
+    """The tensors' in-place modification counters (kept on the host: reading them costs no
+    device read); a prepared layout is reused only while they are unchanged."""
+    return tuple(t._version for t in tensors)
+
+
 class DimeNetPP(Network):
     """DimeNet++: `Graph` (with positions/cell possibly strained) -> atomic energies [N] (eV).
     Its energy gradient is written by hand (`energy_gradient`, models/dimenet_grad.py)."""
@@ -267,17 +273,20 @@ class DimeNetPP(Network):
         another device (training batches), laid out from the host copy `graph` and kept for
         `on`'s tensors."""
         target = graph if on is None else on
+        if on is not None and on.edge_index.shape != graph.edge_index.shape:
+            raise ValueError("prepare(graph, on): `on` must be `graph` moved to a device")
         n = graph.positions.shape[0]
         layout = Triplets(graph, n)
         if on is not None:
             layout = layout.to(on.edge_index.device)
-        self._layout = (target.edge_index, target.edge_reverse, n, layout)
+        self._layout = (target.edge_index, target.edge_reverse, n, layout,
+                        _versions(target.edge_index, target.edge_reverse))
 
     def _triplets(self, graph: Graph, n: int) -> Triplets:
         """The prepared layout when `graph` has the prepared edges, else a new one."""
         kept = getattr(self, "_layout", None)
         if kept is not None and kept[0] is graph.edge_index and kept[1] is graph.edge_reverse \
-                and kept[2] == n:
+                and kept[2] == n and kept[4] == _versions(graph.edge_index, graph.edge_reverse):
             return kept[3].reuse()
         return Triplets(graph, n)
 

@@ -87,13 +87,14 @@ class Potential(nn.Module):
         from the host copy `graph`, kept for `on`)."""
         self.check_species(graph.species)
         if on is not None:
-            self._checked_species = on.species
+            self._checked_species = (on.species, on.species._version)
         self.network.prepare(graph, on)
 
     def check_species(self, species: Tensor) -> None:
         """Raise `DataError` if `species` holds an element the model was not trained on (a
         tensor checked before, the same object, is not read again)."""
-        if species is getattr(self, "_checked_species", None):
+        checked = getattr(self, "_checked_species", None)
+        if checked is not None and species is checked[0] and species._version == checked[1]:
             return
         known = {atomic_numbers[s] for s in self.elements}
         bad = [z for z in torch.unique(species).tolist() if z not in known]  # one host read
@@ -102,7 +103,7 @@ class Potential(nn.Module):
                      for z in bad]
             raise DataError(f"model knows {', '.join(self.elements)}; structure contains "
                             f"{', '.join(names)}")
-        self._checked_species = species
+        self._checked_species = (species, species._version)
 
     def reference_energy(self, graph: Graph) -> Tensor:
         """Sum of reference energies per structure [B] (float64, eV)."""

@@ -189,7 +189,9 @@ def _evaluate(state: MDState, potential: PotentialLike) -> MDState:
     dtype = _model_dtype(potential)
     moved = (state.positions - state.reference).norm(dim=-1)
     graph, reference = state.graph, state.reference
-    prune = state.skin > 0 and _pruned(state.positions.device)
+    # only congener's own potentials are known to give exactly zero past the cutoff
+    prune = state.skin > 0 and (_pruned(state.positions.device)
+                                or not isinstance(potential, Potential))
     if bool((moved > 0.5 * state.skin).any()):  # the step's one host read
         graph = _build(state, state.positions, dtype)
         reference = torch.where(torch.isfinite(state.positions), state.positions,
@@ -251,7 +253,7 @@ def md_init(atoms_list: Sequence[Atoms], potential: PotentialLike, *, temperatur
         graph=graph.to(dtype=_model_dtype(potential)), reference=graph.positions.clone(),
         cutoff=float(potential.cutoff), skin=float(skin_A),
         system_ids=torch.arange(len(atoms_list), device=device), generators=generators)
-    if not _pruned(device):
+    if not _pruned(device):  # (`_prepare` skips potentials that are not congener's)
         _prepare(potential, state.graph)
     kT = units.kB * temperature_K
     momenta = _noise(state) * torch.sqrt(masses * kT)[:, None]

@@ -186,9 +186,10 @@ def _failures(state: MDState, *, temperature_K: float, min_distance_A: float,
                           state.batch, state.n_systems) > 0
 
     non_finite = (bad(state.positions) | bad(state.momenta) | bad(state.forces)
-                  | ~torch.isfinite(state.energy)).tolist()
-    temps = kinetic_temperature(state).tolist()
-    dmin = state.min_distance.tolist()
+                  | ~torch.isfinite(state.energy))
+    flags, temps, dmin = torch.stack([non_finite.to(torch.float64), kinetic_temperature(state),
+                                      state.min_distance]).tolist()  # one host read
+    non_finite = [f > 0 for f in flags]
     out: list[tuple[Failure, str] | None] = []
     for k in range(state.n_systems):
         if non_finite[k]:

@@ -4,6 +4,7 @@ frozen dataclass that checks its values on construction (one-line `ConfigError`s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,7 +212,11 @@ class PhononStage:
 
 @dataclass(frozen=True)
 class MDStage:
-    """NVT MD of the learning-curve models of the given sizes from the hottest structure."""
+    """NVT MD of the learning-curve models of the given sizes from the hottest structure,
+    its cell scaled to `density_g_cm3` where given (a liquid needs its own density: the data's
+    hottest cell may be a crystal's), after `melt_steps` at `melt_K` where given (the crystal
+    order melted away; those frames are not analysed, but a trajectory that fails there counts
+    as unstable)."""
 
     sizes: tuple[int, ...] = (10,)
     trajectories: int = 2
@@ -222,9 +227,29 @@ class MDStage:
     sample_every: int = 20
     checkpoint_every: int = 2000  # steps between checkpoints (studies.validation.md_stage)
     arms: tuple[str, ...] | None = None  # the arms whose models run MD (None: every arm)
+    density_g_cm3: float | None = None  # None: the start structure's own density
+    melt_K: float = 2500.0
+    melt_steps: int = 0
+    name: str = "md"  # the folder under validation/ (one per protocol on the same models)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", check_ints("md.sizes", self.sizes, 1))
+        if self.density_g_cm3 is not None:
+            check_float("md.density_g_cm3", self.density_g_cm3, 0.0, 30.0, low_open=True)
+        check_float("md.melt_K", self.melt_K, 0.0, MAX_TEMPERATURE_K, low_open=True)
+        check_int("md.melt_steps", self.melt_steps, 0)
+        if not (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9_-]+", self.name)):
+            raise ConfigError(f"md.name must be a folder name of letters, digits, '-' and '_' "
+                              f"(got {self.name!r})")
+
+    def protocol(self) -> dict[str, Any]:
+        """The settings that decide what a model's trajectories are (a stored result made
+        under others is not reused)."""
+        return {"temperature_K": float(self.temperature_K), "timestep_fs": float(self.timestep_fs),
+                "steps": self.steps, "friction_per_ps": float(self.friction_per_ps),
+                "trajectories": self.trajectories, "density_g_cm3": self.density_g_cm3,
+                "melt_K": float(self.melt_K) if self.melt_steps else None,
+                "melt_steps": self.melt_steps}
         if self.arms is not None and (isinstance(self.arms, str) or not all(
                 isinstance(a, str) and a for a in self.arms)):
             raise ConfigError(f"md.arms must be a list of arm names (got {self.arms!r})")

@@ -25,12 +25,13 @@ from congener.analysis.stability import (
 )
 from congener.analysis.structure import LIQUID_GE_1273K, StructureStats, structure_stats
 from congener.calculator import CongenerCalculator
-from congener.data.structures import read_structures
+from congener.data.structures import density_g_cm3, read_structures, scale_to_density
 from congener.errors import ConfigError, CongenerError, DataError, SimulationUnstable
 from congener.models.checkpoint import load_potential
 from congener.simulation.md import run_md
 from congener.studies.config import PhononStage, RunSpec, StudyConfig
 from congener.studies.run import write_json
+from congener.studies.sections import MDStage
 
 Log = Callable[[str], None]
 
@@ -143,10 +144,34 @@ def phonon_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunS
         "![phonon DOS](validation/phonons/dos.png)", ""])
 
 
-def _start_structure(study_dir: Path):
+def _start_structure(study_dir: Path, density: float | None = None):
+    """The hottest structure of the data set, its cell scaled isotropically to `density`
+    (g/cm³) where given."""
     pool = read_structures(study_dir / "data" / "target_pool.extxyz")
     temps = np.array([float(a.info.get("temperature", -1.0)) for a in pool])
-    return pool[int(np.argmax(temps))]  # the hottest (liquid) structure of the data set
+    start = pool[int(np.argmax(temps))]
+    return start if density is None else scale_to_density(start, density)
+
+
+def _melt(stage: MDStage, potential, start, spec: RunSpec, path: Path) -> dict[str, Any]:
+    """The melting phase of one model (`md.melt_steps` at `md.melt_K`), stored in `path`:
+    the final positions of the trajectories that survived it and the records of those that
+    failed (they count as unstable). Read back from `path` when it exists."""
+    saved = _cached(path)
+    if saved is not None:
+        return saved
+    res = run_md(potential, [start] * stage.trajectories, temperature_K=stage.melt_K,
+                 timestep_fs=stage.timestep_fs, steps=stage.melt_steps,
+                 friction_per_ps=stage.friction_per_ps, seed=spec.seed + 1_000_003,
+                 sample_every=stage.melt_steps, checkpoint=path.with_suffix(".ckpt"),
+                 checkpoint_every=stage.checkpoint_every)
+    saved = {"summary": stability_summary(res),
+             "final": [t.positions[-1].tolist() for t in res.trajectories if t.stable],
+             "failed": [asdict(r) for r in stability_records(res, mode=str(spec.mode),
+                                                             size=spec.size) if not r.stable]}
+    write_json(path, saved, indent=None)
+    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    return saved
 
 
 def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec, dict]],
@@ -154,15 +179,16 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
     """NVT MD of each selected model from a liquid structure; stability table and RDF/ADF.
     With `cached_only`, only stored trajectories are used (nothing is simulated)."""
     stage = cfg.md
-    out = study_dir / "validation" / "md"
+    out = study_dir / "validation" / stage.name
     out.mkdir(parents=True, exist_ok=True)
     chosen = [s for s, _ in results if s.kind == "curve" and s.size in stage.sizes
               and (stage.arms is None or s.mode in stage.arms)]
-    start = _start_structure(study_dir)
+    start = _start_structure(study_dir, stage.density_g_cm3)
     records, frames_by_key, rates = [], {}, []
     for k, spec in enumerate(chosen):
         path = out / f"{spec.name}.json"
         saved = _cached(path)
+        _check_protocol(saved, stage, path)
         if cached_only and saved is None:
             continue
         if saved is None:
@@ -170,8 +196,12 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
                 log(f"MD {k + 1}/{len(chosen)}: {spec.name}, {stage.trajectories} trajectories, "
                     f"{stage.steps} steps")
             potential = load_potential(_model(study_dir, spec))
+            starts, failed = [start] * stage.trajectories, []
+            if stage.melt_steps:
+                melt = _melt(stage, potential, start, spec, out / f"{spec.name}.melt.json")
+                starts, failed = [_atoms(start, p) for p in melt["final"]], melt["failed"]
             # a long protocol runs over several sittings: a crash loses at most one interval
-            res = run_md(potential, [start] * stage.trajectories,
+            res = run_md(potential, starts,
                          temperature_K=stage.temperature_K, timestep_fs=stage.timestep_fs,
                          steps=stage.steps, friction_per_ps=stage.friction_per_ps,
                          seed=spec.seed, sample_every=stage.sample_every,
@@ -180,8 +210,8 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
             frames = [[f.positions.tolist() for f in t.frames(stage.steps // 2)]
                       for t in res.trajectories if t.stable]
             summary = stability_summary(res)
-            saved = {"summary": summary, "frames": frames,
-                     "records": [asdict(r) for r in stability_records(
+            saved = {"protocol": stage.protocol(), "summary": summary, "frames": frames,
+                     "records": failed + [asdict(r) for r in stability_records(
                          res, mode=str(spec.mode), size=spec.size)]}
             write_json(path, saved, indent=None)  # frames: compact
             (out / f"{spec.name}.ckpt").unlink(missing_ok=True)  # the result holds it all
@@ -199,7 +229,8 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
     if stats:
         plot_structure(stats, out / "rdf_adf.png", experiment=experiment)
     rows = [f"| {k} | {s.peak_A[0]:.3f} ± {s.peak_A[1]:.3f} | "
-            f"{s.coordination[0]:.2f} ± {s.coordination[1]:.2f} | {s.n_trajectories} |"
+            f"{s.coordination[0]:.2f} ± {s.coordination[1]:.2f} | "
+            f"{s.minimum_A[0]:.2f} ± {s.minimum_A[1]:.2f} | {s.n_trajectories} |"
             for k, s in stats.items()]
     exp = (f" Experiment (liquid Ge, {experiment.temperature_K:g} K): first peak "
            f"{experiment.peak_A} ± {experiment.peak_error_A} Å, coordination "
@@ -209,12 +240,43 @@ def md_stage(cfg: StudyConfig, study_dir: Path, results: Sequence[tuple[RunSpec,
         f"NVT Langevin at {stage.temperature_K:g} K, {stage.timestep_fs:g} fs, friction "
         f"{stage.friction_per_ps:g}/ps, {stage.steps} steps "
         f"({stage.steps * stage.timestep_fs / 1000:g} ps), {stage.trajectories} trajectories "
-        "per model from the hottest structure of the data set. Stable: no NaN, no atom pair "
-        "closer than 2.0 Å, temperature below 5× the target.", "", table, "",
+        f"per model from the hottest structure of the data set{_protocol(stage, start)}. "
+        "Stable: no NaN, no atom pair closer than 2.0 Å, temperature below 5× the target.",
+        "", table, "",
         _throughput(rates), "",
-        "| models | first g(r) peak (Å) | coordination | trajectories |", "|---|---|---|---|",
+        "| models | first g(r) peak (Å) | coordination | integrated to (Å, first minimum) "
+        "| trajectories |", "|---|---|---|---|---|",
         *rows, "", f"RDF/ADF averaged over the second half of each stable trajectory.{exp}",
-        "", "![RDF and ADF](validation/md/rdf_adf.png)" if stats else "", ""])
+        "", f"![RDF and ADF](validation/{stage.name}/rdf_adf.png)" if stats else "", ""])
+
+
+def _check_protocol(saved: dict[str, Any] | None, stage: MDStage, path: Path) -> None:
+    """Refuse a stored result made under other MD settings (a result from before settings
+    were stored is read from its summary, with no density change and no melting phase)."""
+    if saved is None:
+        return
+    summary = saved["summary"]
+    stored = saved.get("protocol") or {
+        "temperature_K": summary["temperature_K"], "timestep_fs": summary["timestep_fs"],
+        "steps": summary["steps"], "friction_per_ps": summary["friction_per_ps"],
+        "trajectories": summary["total"], "density_g_cm3": None, "melt_K": None,
+        "melt_steps": 0}
+    wanted = stage.protocol()
+    changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
+    if changed:
+        raise ConfigError(f"{path} holds MD made with other settings ({', '.join(changed)}); "
+                          "give this protocol its own md.name (a folder under validation/)")
+
+
+def _protocol(stage: MDStage, start) -> str:
+    """The start's density and the melting phase, in words."""
+    text = (f" at {density_g_cm3(start):.2f} g/cm³" + ("" if stage.density_g_cm3 is not None
+                                          else " (its own density)"))
+    if stage.melt_steps:
+        melt_ps = stage.melt_steps * stage.timestep_fs / 1000
+        text += (f", after {stage.melt_steps} steps ({melt_ps:g} ps) at {stage.melt_K:g} K "
+                 "to melt it (not analysed; a trajectory that fails there counts as unstable)")
+    return text
 
 
 def _throughput(rates: list[tuple[float, float]]) -> str:

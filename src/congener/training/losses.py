@@ -73,7 +73,8 @@ def loss(pred: Prediction, ref: Targets, cfg: TrainConfig,
         # structures without a stress label weigh zero (a weighted mean, not a selection: no
         # data-dependent size), and a batch with none adds zero
         has = ref.has_stress.to(dtype)
-        ds = (pred.stress - ref.stress) / GPa
+        # zeroed, not only weighted: 0 x a non-finite prediction would still be NaN
+        ds = (pred.stress - ref.stress).masked_fill(~ref.has_stress[:, None, None], 0.0) / GPa
         s_mse = (ds.detach().square().mean((1, 2)) * has).sum() / has.sum().clamp_min(1.0)
         w_stress = has if w is None else has * w
         total = total + cfg.stress_weight * ss * _term(ds, cfg, w_stress)
