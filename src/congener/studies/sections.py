@@ -241,15 +241,6 @@ class MDStage:
         if not (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9_-]+", self.name)):
             raise ConfigError(f"md.name must be a folder name of letters, digits, '-' and '_' "
                               f"(got {self.name!r})")
-
-    def protocol(self) -> dict[str, Any]:
-        """The settings that decide what a model's trajectories are (a stored result made
-        under others is not reused)."""
-        return {"temperature_K": float(self.temperature_K), "timestep_fs": float(self.timestep_fs),
-                "steps": self.steps, "friction_per_ps": float(self.friction_per_ps),
-                "trajectories": self.trajectories, "density_g_cm3": self.density_g_cm3,
-                "melt_K": float(self.melt_K) if self.melt_steps else None,
-                "melt_steps": self.melt_steps}
         if self.arms is not None and (isinstance(self.arms, str) or not all(
                 isinstance(a, str) and a for a in self.arms)):
             raise ConfigError(f"md.arms must be a list of arm names (got {self.arms!r})")
@@ -263,6 +254,15 @@ class MDStage:
         if self.sample_every > self.steps:
             raise ConfigError(f"md.sample_every ({self.sample_every}) must not exceed md.steps "
                               f"({self.steps})")
+
+    def protocol(self) -> dict[str, Any]:
+        """The settings that decide what a model's trajectories are (a stored result made
+        under others is not reused)."""
+        return {"temperature_K": float(self.temperature_K), "timestep_fs": float(self.timestep_fs),
+                "steps": self.steps, "friction_per_ps": float(self.friction_per_ps),
+                "trajectories": self.trajectories, "density_g_cm3": self.density_g_cm3,
+                "melt_K": float(self.melt_K) if self.melt_steps else None,
+                "melt_steps": self.melt_steps}
 
 
 def _check_text(name: str, value: Any, *, optional: bool = False) -> None:
