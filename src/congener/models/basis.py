@@ -121,6 +121,18 @@ def envelope_derivative(x: Tensor, exponent: int, k: int) -> Tensor:
     return torch.where(x < 1.0, out, torch.zeros_like(x))
 
 
+def _bessel_series(ys: Tensor, order: Tensor, double_factorial: Tensor) -> tuple[Tensor, Tensor]:
+    """j_l(y) and j_l'(y) from their 8-term power series (small y), elementwise: `order` is l
+    and `double_factorial` (2l+1)!! for each entry of `ys` (broadcast)."""
+    term = ys.pow(order) / double_factorial
+    series, dseries = term.clone(), term * order / ys
+    for m in range(7):
+        term = term * (-0.5 * ys * ys) / ((m + 1) * (2 * order + 2 * m + 3))
+        series += term
+        dseries += term * (order + 2 * m + 2) / ys
+    return series, dseries
+
+
 class _RadialState:
     """j_l(z_ln x), its y-derivatives and the envelope's x-derivatives for one set of
     distances, in float64 and laid out [L, R, E] (distances last: the per-distance and
@@ -166,13 +178,8 @@ class _RadialState:
             flat = (y < basis.thresholds).view(-1).nonzero().squeeze(1)
             ys = y.view(-1).index_select(0, flat)
             row = flat.div(y.shape[1] * y.shape[2], rounding_mode="floor")
-            order = row.to(y.dtype)
-            term = ys.pow(order) / basis.double_factorials.index_select(0, row)
-            series, dseries = term.clone(), term * order / ys
-            for m in range(7):
-                term = term * (-0.5 * ys * ys) / ((m + 1) * (2 * order + 2 * m + 3))
-                series += term
-                dseries += term * (order + 2 * m + 2) / ys
+            series, dseries = _bessel_series(ys, row.to(y.dtype),
+                                             basis.double_factorials.index_select(0, row))
             j.view(-1).scatter_(0, flat, series)
             jd.view(-1).scatter_(0, flat, dseries)
         self.j = [j, jd]  # d^m j_l / dy^m
@@ -186,12 +193,7 @@ class _RadialState:
         small = y < basis.thresholds
         ys = torch.where(small, y, torch.ones_like(y))  # large y: any finite stand-in
         order = torch.arange(y.shape[0], device=y.device, dtype=y.dtype).view(-1, 1, 1)
-        term = ys.pow(order) / basis.double_factorials.view(-1, 1, 1)
-        series, dseries = term.clone(), term * order / ys
-        for m in range(7):
-            term = term * (-0.5 * ys * ys) / ((m + 1) * (2 * order + 2 * m + 3))
-            series += term
-            dseries += term * (order + 2 * m + 2) / ys
+        series, dseries = _bessel_series(ys, order, basis.double_factorials.view(-1, 1, 1))
         j.copy_(torch.where(small, series, j))
         jd.copy_(torch.where(small, dseries, jd))
 

@@ -172,15 +172,13 @@ def _build(state_like: MDState, positions: Tensor, dtype: torch.dtype) -> Graph:
     return graph.to(device=positions.device, dtype=dtype)
 
 
-def _pruned(device: torch.device) -> bool:
-    """Whether MD prunes the skin graph to the cutoff before each force call (`PRUNE`)."""
+def _pruned(device: torch.device, potential: PotentialLike) -> bool:
+    """Whether MD prunes the skin graph to the cutoff before each force call (`PRUNE`); always
+    for a potential that is not congener's (only those are known to give exactly zero past the
+    cutoff). Where it does not, the potential is a `Potential`, which `prepare`s each graph."""
+    if not isinstance(potential, Potential):
+        return True
     return device.type == "cpu" if PRUNE == "auto" else PRUNE == "always"
-
-
-def _prepare(potential: PotentialLike, graph: Graph) -> None:
-    """Let a congener `Potential` lay out a graph used for many steps (see `_pruned`)."""
-    if isinstance(potential, Potential):
-        potential.prepare(graph)
 
 
 def _evaluate(state: MDState, potential: PotentialLike) -> MDState:
@@ -189,15 +187,14 @@ def _evaluate(state: MDState, potential: PotentialLike) -> MDState:
     dtype = _model_dtype(potential)
     moved = (state.positions - state.reference).norm(dim=-1)
     graph, reference = state.graph, state.reference
-    # only congener's own potentials are known to give exactly zero past the cutoff
-    prune = state.skin > 0 and (_pruned(state.positions.device)
-                                or not isinstance(potential, Potential))
+    policy = _pruned(state.positions.device, potential)
+    prune = state.skin > 0 and policy
     if bool((moved > 0.5 * state.skin).any()):  # the step's one host read
         graph = _build(state, state.positions, dtype)
         reference = torch.where(torch.isfinite(state.positions), state.positions,
                                 state.reference)
-        if not prune:
-            _prepare(potential, graph)
+        if not policy:
+            potential.prepare(graph)
     graph = replace(graph, positions=state.positions.to(dtype))
     if prune:
         pruned, dist = prune_graph(graph, state.cutoff)
@@ -253,8 +250,8 @@ def md_init(atoms_list: Sequence[Atoms], potential: PotentialLike, *, temperatur
         graph=graph.to(dtype=_model_dtype(potential)), reference=graph.positions.clone(),
         cutoff=float(potential.cutoff), skin=float(skin_A),
         system_ids=torch.arange(len(atoms_list), device=device), generators=generators)
-    if not _pruned(device):  # (`_prepare` skips potentials that are not congener's)
-        _prepare(potential, state.graph)
+    if not _pruned(device, potential):
+        potential.prepare(state.graph)
     kT = units.kB * temperature_K
     momenta = _noise(state) * torch.sqrt(masses * kT)[:, None]
     total = per_system(momenta, state.batch, state.n_systems)
@@ -303,6 +300,6 @@ def select_systems(state: MDState, keep: Tensor, potential: PotentialLike) -> MD
     if sub.n_systems == 0:
         return sub
     graph = _build(sub, sub.positions, _model_dtype(potential))
-    if not _pruned(graph.positions.device):
-        _prepare(potential, graph)
+    if not _pruned(graph.positions.device, potential):
+        potential.prepare(graph)
     return replace(sub, graph=graph)
